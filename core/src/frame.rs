@@ -1,0 +1,1 @@
+//! Ethernet/IPv4 frames on the TAP link (placeholder, being written).

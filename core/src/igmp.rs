@@ -1,0 +1,1 @@
+//! IGMP querier for the TAP link (placeholder, being written).

@@ -1,0 +1,335 @@
+//! Pastry messages (Rowstron & Druschel 2001 §2–3, with MSPastry-style
+//! per-hop acknowledgements and probes). Each follows the common header of
+//! [`super`]; the tables below give the body, offsets counted from the body.
+//!
+//! **Route** (0x01) — a message travelling toward the node numerically closest
+//! to `key`. Carries a join, an application lookup or a Scribe message.
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 8  | hop id: the sender's id for this hop, echoed by `RouteAck` |
+//! | 8  | 16 | key |
+//! | 24 | 1  | hops taken so far (incremented at each transmission) |
+//! | 25 | 1  | service: 0 join, 1 application lookup, 2.. overlay services |
+//! | 26 | 23/35 | origin handle (id, family, address, port) |
+//! | .. | rest | service payload, opaque to Pastry |
+//!
+//! **RouteAck** (0x02) — `hop id` (8): the next hop took the message.
+//!
+//! **State** (0x03) — routing state given to another node (join replies,
+//! leaf-set repair, row repair, replies to announcements).
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0 | 1 | flags: 1 join rows, 2 join final (leaf set), 4 join contact (neighbourhood), 8 leaf-set reply, 16 row reply |
+//! | 1 | 4 | sender's measured RTT to the receiver in µs, `u32::MAX` if unknown |
+//! | 5 | list | routing-table entries: count (1) then handles |
+//! | .. | list | leaf set: count (1) then handles |
+//! | .. | list | neighbourhood set: count (1) then handles |
+//!
+//! **Announce** (0x04) — "I have joined; consider me for your tables". Body:
+//! RTT hint (4), the sender's measured RTT to the receiver, `u32::MAX` if unknown.
+//!
+//! **Ping** (0x05) / **Pong** (0x06) — token (8). A pong echoes the ping's
+//! token; the pinger puts its own clock reading there so an RTT needs no state.
+//!
+//! **LeafSetRequest** (0x07) — empty body. **RowRequest** (0x08) — row (1).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{
+    Error, HEADER_LEN, MsgType, Reader, Result, emit_header, handle_len, handles_len, put_handle,
+    put_handles,
+};
+use crate::addr::NodeHandle;
+use crate::id::NodeId;
+
+/// What a routed message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// A join: the payload is the next routing-table row the joiner needs.
+    Join,
+    /// An application lookup, delivered as an event at the key's root.
+    Lookup,
+    /// Another overlay service (Scribe, DHT...), identified by its number.
+    Other(u8),
+}
+
+impl Service {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Service::Join => 0,
+            Service::Lookup => 1,
+            Service::Other(v) => v,
+        }
+    }
+    pub fn from_u8(v: u8) -> Service {
+        match v {
+            0 => Service::Join,
+            1 => Service::Lookup,
+            v => Service::Other(v),
+        }
+    }
+}
+
+/// State message flags.
+pub mod state_flags {
+    pub const JOIN_ROWS: u8 = 1;
+    pub const JOIN_FINAL: u8 = 2;
+    pub const JOIN_CONTACT: u8 = 4;
+    pub const LEAFSET: u8 = 8;
+    pub const ROW: u8 = 16;
+}
+
+/// RTT value meaning "not measured".
+pub const RTT_UNKNOWN: u32 = u32::MAX;
+
+/// A routed message. `payload` shares the received buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub hop_id: u64,
+    pub key: NodeId,
+    pub hops: u8,
+    pub service: Service,
+    pub origin: NodeHandle,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct State {
+    pub flags: u8,
+    pub rtt_hint: u32,
+    pub table: Vec<NodeHandle>,
+    pub leaves: Vec<NodeHandle>,
+    pub neighbors: Vec<NodeHandle>,
+}
+
+/// A decoded Pastry message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repr {
+    Route(Route),
+    RouteAck { hop_id: u64 },
+    State(State),
+    Announce { rtt_hint: u32 },
+    Ping { token: u64 },
+    Pong { token: u64 },
+    LeafSetRequest,
+    RowRequest { row: u8 },
+}
+
+impl Repr {
+    pub fn msg_type(&self) -> MsgType {
+        match self {
+            Repr::Route(_) => MsgType::Route,
+            Repr::RouteAck { .. } => MsgType::RouteAck,
+            Repr::State(_) => MsgType::State,
+            Repr::Announce { .. } => MsgType::Announce,
+            Repr::Ping { .. } => MsgType::Ping,
+            Repr::Pong { .. } => MsgType::Pong,
+            Repr::LeafSetRequest => MsgType::LeafSetRequest,
+            Repr::RowRequest { .. } => MsgType::RowRequest,
+        }
+    }
+
+    /// Parse the body of a message whose header says `ty`. `msg` is the whole
+    /// message, so a routed payload can share its buffer without a copy.
+    pub fn parse(ty: MsgType, msg: &Bytes) -> Result<Repr> {
+        let body = msg.get(HEADER_LEN..).ok_or(Error::Truncated)?;
+        let mut r = Reader::new(body);
+        let repr = match ty {
+            MsgType::Route => {
+                let hop_id = r.u64()?;
+                let key = r.node_id()?;
+                let hops = r.u8()?;
+                let service = Service::from_u8(r.u8()?);
+                let origin = r.handle()?;
+                let start = msg.len() - r.remaining();
+                let payload = msg.slice(start..);
+                return Ok(Repr::Route(Route {
+                    hop_id,
+                    key,
+                    hops,
+                    service,
+                    origin,
+                    payload,
+                }));
+            }
+            MsgType::RouteAck => Repr::RouteAck { hop_id: r.u64()? },
+            MsgType::State => {
+                let flags = r.u8()?;
+                let rtt_hint = r.u32()?;
+                let table = r.handles()?;
+                let leaves = r.handles()?;
+                let neighbors = r.handles()?;
+                Repr::State(State {
+                    flags,
+                    rtt_hint,
+                    table,
+                    leaves,
+                    neighbors,
+                })
+            }
+            MsgType::Announce => Repr::Announce { rtt_hint: r.u32()? },
+            MsgType::Ping => Repr::Ping { token: r.u64()? },
+            MsgType::Pong => Repr::Pong { token: r.u64()? },
+            MsgType::LeafSetRequest => Repr::LeafSetRequest,
+            MsgType::RowRequest => Repr::RowRequest { row: r.u8()? },
+        };
+        r.finish()?;
+        Ok(repr)
+    }
+
+    /// Encoded length including the common header.
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN
+            + match self {
+                Repr::Route(m) => 8 + 16 + 1 + 1 + handle_len(&m.origin) + m.payload.len(),
+                Repr::RouteAck { .. } | Repr::Ping { .. } | Repr::Pong { .. } => 8,
+                Repr::State(s) => {
+                    1 + 4
+                        + handles_len(&s.table)
+                        + handles_len(&s.leaves)
+                        + handles_len(&s.neighbors)
+                }
+                Repr::Announce { .. } => 4,
+                Repr::LeafSetRequest => 0,
+                Repr::RowRequest { .. } => 1,
+            }
+    }
+
+    pub fn emit(&self, sender: NodeId, out: &mut BytesMut) {
+        out.reserve(self.buffer_len());
+        emit_header(out, self.msg_type() as u8, sender);
+        match self {
+            Repr::Route(m) => {
+                out.put_u64(m.hop_id);
+                out.put_slice(&m.key.to_be_bytes());
+                out.put_u8(m.hops);
+                out.put_u8(m.service.to_u8());
+                put_handle(out, &m.origin);
+                out.put_slice(&m.payload);
+            }
+            Repr::RouteAck { hop_id } => out.put_u64(*hop_id),
+            Repr::State(s) => {
+                out.put_u8(s.flags);
+                out.put_u32(s.rtt_hint);
+                put_handles(out, &s.table);
+                put_handles(out, &s.leaves);
+                put_handles(out, &s.neighbors);
+            }
+            Repr::Announce { rtt_hint } => out.put_u32(*rtt_hint),
+            Repr::Ping { token } | Repr::Pong { token } => out.put_u64(*token),
+            Repr::LeafSetRequest => {}
+            Repr::RowRequest { row } => out.put_u8(*row),
+        }
+    }
+
+    /// Encode into a fresh buffer.
+    pub fn to_bytes(&self, sender: NodeId) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.buffer_len());
+        self.emit(sender, &mut out);
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Header;
+    use super::*;
+    use crate::addr::PeerAddr;
+
+    fn h(i: u8) -> NodeHandle {
+        NodeHandle::new(
+            NodeId(u128::from(i) << 100),
+            PeerAddr::v4(10, 0, 0, i, 4000),
+        )
+    }
+
+    fn roundtrip(repr: Repr) {
+        let sender = NodeId(0xfeed);
+        let bytes = repr.to_bytes(sender);
+        assert_eq!(bytes.len(), repr.buffer_len(), "{repr:?}");
+        let hdr = Header::new_checked(&bytes[..]).unwrap();
+        assert_eq!(hdr.sender(), sender);
+        let back = Repr::parse(hdr.msg_type().unwrap(), &bytes).unwrap();
+        assert_eq!(back, repr);
+        // Every strict prefix is rejected, never panics.
+        for cut in 0..bytes.len() {
+            let short = bytes.slice(..cut);
+            if let Ok(hdr) = Header::new_checked(&short[..]) {
+                let ty = hdr.msg_type().unwrap();
+                // A route's payload is "the rest", so a shorter payload is
+                // still a valid route; everything else must fail.
+                if let Ok(r) = Repr::parse(ty, &short) {
+                    assert!(matches!(r, Repr::Route(_)), "{r:?} from {cut} bytes");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_message_roundtrips() {
+        roundtrip(Repr::Route(Route {
+            hop_id: 77,
+            key: NodeId(u128::MAX - 3),
+            hops: 3,
+            service: Service::Lookup,
+            origin: h(1),
+            payload: Bytes::from_static(b"hello"),
+        }));
+        roundtrip(Repr::Route(Route {
+            hop_id: 0,
+            key: NodeId(1),
+            hops: 0,
+            service: Service::Other(9),
+            origin: NodeHandle::new(NodeId(3), PeerAddr("[2001:db8::1]:1".parse().unwrap())),
+            payload: Bytes::new(),
+        }));
+        roundtrip(Repr::RouteAck { hop_id: u64::MAX });
+        roundtrip(Repr::State(State {
+            flags: state_flags::JOIN_FINAL | state_flags::JOIN_ROWS,
+            rtt_hint: 1234,
+            table: vec![h(1), h(2)],
+            leaves: vec![h(3)],
+            neighbors: vec![],
+        }));
+        roundtrip(Repr::State(State::default()));
+        roundtrip(Repr::Announce {
+            rtt_hint: RTT_UNKNOWN,
+        });
+        roundtrip(Repr::Ping { token: 5 });
+        roundtrip(Repr::Pong { token: 6 });
+        roundtrip(Repr::LeafSetRequest);
+        roundtrip(Repr::RowRequest { row: 31 });
+    }
+
+    #[test]
+    fn route_payload_shares_the_input_buffer() {
+        let repr = Repr::Route(Route {
+            hop_id: 1,
+            key: NodeId(2),
+            hops: 0,
+            service: Service::Lookup,
+            origin: h(4),
+            payload: Bytes::from(vec![9u8; 64]),
+        });
+        let bytes = repr.to_bytes(NodeId(1));
+        let Repr::Route(r) = Repr::parse(MsgType::Route, &bytes).unwrap() else {
+            panic!("not a route")
+        };
+        let start = bytes.as_ptr() as usize;
+        let p = r.payload.as_ptr() as usize;
+        assert!(p >= start && p < start + bytes.len(), "payload was copied");
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut b = BytesMut::new();
+        Repr::Ping { token: 1 }.emit(NodeId(1), &mut b);
+        b.put_u8(0);
+        assert_eq!(
+            Repr::parse(MsgType::Ping, &b.freeze()).unwrap_err(),
+            Error::Malformed
+        );
+    }
+}

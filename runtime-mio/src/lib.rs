@@ -1,0 +1,1 @@
+//! alm-mio (being written).

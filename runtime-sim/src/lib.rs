@@ -1,0 +1,1 @@
+//! alm-sim (being written).

@@ -1,0 +1,1 @@
+//! alm-tap (being written).
