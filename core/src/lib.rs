@@ -4,8 +4,13 @@
 //! see `Node` for the contract.)
 
 pub mod addr;
+pub mod config;
 pub mod id;
+pub mod io;
+pub mod node;
+pub mod pastry;
 pub mod rng;
+pub mod stats;
 pub mod time;
 pub mod util;
 pub mod wire;
@@ -14,6 +19,10 @@ pub mod frame;
 pub mod igmp;
 
 pub use addr::{NodeHandle, PeerAddr};
+pub use config::{Config, ConfigError};
 pub use id::{Key, NodeId};
+pub use io::{Channel, InlineHeader, Transmit};
+pub use node::{Event, Node, NotJoined};
 pub use rng::Rng;
+pub use stats::Stats;
 pub use time::{Duration, Time};

@@ -30,8 +30,10 @@
 //! **Announce** (0x04) — "I have joined; consider me for your tables". Body:
 //! RTT hint (4), the sender's measured RTT to the receiver, `u32::MAX` if unknown.
 //!
-//! **Ping** (0x05) / **Pong** (0x06) — token (8). A pong echoes the ping's
-//! token; the pinger puts its own clock reading there so an RTT needs no state.
+//! **Ping** (0x05) — token (8), flags (1): bit 0 set when the sender is an
+//! active overlay member that the receiver may add to its tables.
+//! **Pong** (0x06) — token (8), echoing the ping's. The pinger puts its own
+//! clock reading in the token, so an RTT needs no state.
 //!
 //! **LeafSetRequest** (0x07) — empty body. **RowRequest** (0x08) — row (1).
 
@@ -81,6 +83,9 @@ pub mod state_flags {
     pub const ROW: u8 = 16;
 }
 
+/// Ping flag: the sender is an active member; consider it for your tables.
+pub const PING_ACTIVE: u8 = 1;
+
 /// RTT value meaning "not measured".
 pub const RTT_UNKNOWN: u32 = u32::MAX;
 
@@ -111,7 +116,7 @@ pub enum Repr {
     RouteAck { hop_id: u64 },
     State(State),
     Announce { rtt_hint: u32 },
-    Ping { token: u64 },
+    Ping { token: u64, flags: u8 },
     Pong { token: u64 },
     LeafSetRequest,
     RowRequest { row: u8 },
@@ -170,7 +175,10 @@ impl Repr {
                 })
             }
             MsgType::Announce => Repr::Announce { rtt_hint: r.u32()? },
-            MsgType::Ping => Repr::Ping { token: r.u64()? },
+            MsgType::Ping => Repr::Ping {
+                token: r.u64()?,
+                flags: r.u8()?,
+            },
             MsgType::Pong => Repr::Pong { token: r.u64()? },
             MsgType::LeafSetRequest => Repr::LeafSetRequest,
             MsgType::RowRequest => Repr::RowRequest { row: r.u8()? },
@@ -184,7 +192,8 @@ impl Repr {
         HEADER_LEN
             + match self {
                 Repr::Route(m) => 8 + 16 + 1 + 1 + handle_len(&m.origin) + m.payload.len(),
-                Repr::RouteAck { .. } | Repr::Ping { .. } | Repr::Pong { .. } => 8,
+                Repr::RouteAck { .. } | Repr::Pong { .. } => 8,
+                Repr::Ping { .. } => 9,
                 Repr::State(s) => {
                     1 + 4
                         + handles_len(&s.table)
@@ -218,7 +227,11 @@ impl Repr {
                 put_handles(out, &s.neighbors);
             }
             Repr::Announce { rtt_hint } => out.put_u32(*rtt_hint),
-            Repr::Ping { token } | Repr::Pong { token } => out.put_u64(*token),
+            Repr::Ping { token, flags } => {
+                out.put_u64(*token);
+                out.put_u8(*flags);
+            }
+            Repr::Pong { token } => out.put_u64(*token),
             Repr::LeafSetRequest => {}
             Repr::RowRequest { row } => out.put_u8(*row),
         }
@@ -297,7 +310,7 @@ mod tests {
         roundtrip(Repr::Announce {
             rtt_hint: RTT_UNKNOWN,
         });
-        roundtrip(Repr::Ping { token: 5 });
+        roundtrip(Repr::Ping { token: 5, flags: 1 });
         roundtrip(Repr::Pong { token: 6 });
         roundtrip(Repr::LeafSetRequest);
         roundtrip(Repr::RowRequest { row: 31 });
@@ -325,7 +338,7 @@ mod tests {
     #[test]
     fn trailing_bytes_are_malformed() {
         let mut b = BytesMut::new();
-        Repr::Ping { token: 1 }.emit(NodeId(1), &mut b);
+        Repr::Ping { token: 1, flags: 0 }.emit(NodeId(1), &mut b);
         b.put_u8(0);
         assert_eq!(
             Repr::parse(MsgType::Ping, &b.freeze()).unwrap_err(),

@@ -1,0 +1,130 @@
+//! Engine configuration. Defaults follow the papers: Pastry b = 4, |L| = 16,
+//! |M| = 32 (Rowstron & Druschel 2001, §2.1), MSPastry-like maintenance
+//! timers (Castro et al. 2004).
+
+use crate::time::Duration;
+
+/// Tunables of one `Node`. `Config::default()` is what `almd` and `alm-sim`
+/// use unless told otherwise; `validate` says what is wrong with a bad one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Bits per digit (`b`): 1, 2, 4 or 8.
+    pub b: u32,
+    /// Leaf-set size |L| (half on each side).
+    pub leaf_set_size: usize,
+    /// Neighbourhood-set size |M|.
+    pub neighborhood_size: usize,
+    /// How often a node checks its leaf set; leaves not heard from within
+    /// this interval are probed.
+    pub keepalive_interval: Duration,
+    /// How long to wait for a pong before retrying a probe.
+    pub probe_timeout: Duration,
+    /// Probes sent before a silent peer is declared dead.
+    pub probe_attempts: u8,
+    /// Per-hop acknowledgement timeout when the next hop's RTT is unknown.
+    pub ack_timeout: Duration,
+    /// Lower bound of the RTT-derived per-hop acknowledgement timeout.
+    pub ack_timeout_min: Duration,
+    /// Re-routes of one message around unresponsive next hops before it is
+    /// dropped.
+    pub max_reroutes: u8,
+    /// After a joiner has its leaf set, how long it waits for RTT
+    /// measurements of candidates before announcing itself.
+    pub join_settle: Duration,
+    /// How long a joiner waits for its leaf set before trying the next
+    /// bootstrap peer.
+    pub join_timeout: Duration,
+    /// Join attempts over the bootstrap list before `Event::JoinFailed`.
+    pub join_attempts: u8,
+    /// How long a node declared dead is not re-learnt from second-hand state.
+    pub dead_memory: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            b: 4,
+            leaf_set_size: 16,
+            neighborhood_size: 32,
+            keepalive_interval: Duration::from_secs(10),
+            probe_timeout: Duration::from_millis(1_000),
+            probe_attempts: 3,
+            ack_timeout: Duration::from_millis(1_000),
+            ack_timeout_min: Duration::from_millis(100),
+            max_reroutes: 6,
+            join_settle: Duration::from_millis(1_500),
+            join_timeout: Duration::from_secs(10),
+            join_attempts: 6,
+            dead_memory: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What is wrong with a `Config`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("b = {0} is not supported: use 1, 2, 4 or 8 bits per digit")]
+    Digit(u32),
+    #[error("leaf_set_size = {0} must be even and between 2 and 64")]
+    LeafSet(usize),
+    #[error("neighborhood_size = {0} must be at most 256")]
+    Neighborhood(usize),
+    #[error("probe_attempts and join_attempts must be at least 1")]
+    Attempts,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.b, 1 | 2 | 4 | 8) {
+            return Err(ConfigError::Digit(self.b));
+        }
+        if self.leaf_set_size < 2 || self.leaf_set_size > 64 || self.leaf_set_size % 2 != 0 {
+            return Err(ConfigError::LeafSet(self.leaf_set_size));
+        }
+        if self.neighborhood_size > 256 {
+            return Err(ConfigError::Neighborhood(self.neighborhood_size));
+        }
+        if self.probe_attempts == 0 || self.join_attempts == 0 {
+            return Err(ConfigError::Attempts);
+        }
+        Ok(())
+    }
+
+    /// Number of routing-table rows: 128 / b.
+    pub fn rows(&self) -> usize {
+        (128 / self.b) as usize
+    }
+
+    /// Number of routing-table columns: 2^b.
+    pub fn cols(&self) -> usize {
+        1usize << self.b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_values_say_why() {
+        Config::default().validate().unwrap();
+        let c = Config {
+            b: 3,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err(), ConfigError::Digit(3));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("1, 2, 4 or 8")
+        );
+        let c = Config {
+            leaf_set_size: 15,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        assert_eq!(Config::default().rows(), 32);
+        assert_eq!(Config::default().cols(), 16);
+    }
+}

@@ -1,0 +1,241 @@
+//! `Node`: one overlay participant, the engine's public face. It owns the
+//! Pastry state machine (and, as they land, the services built on it),
+//! decodes what the runtime hands it, drains its children's upcalls inside
+//! its own `handle_*` calls, and exposes the outputs through `poll_*`.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::addr::{NodeHandle, PeerAddr};
+use crate::config::{Config, ConfigError};
+use crate::id::{Key, NodeId};
+use crate::io::Transmit;
+use crate::pastry::{Pastry, TimerKind, Upcall};
+use crate::rng::Rng;
+use crate::stats::Stats;
+use crate::time::Time;
+use crate::wire::pastry::{Repr, Service};
+use crate::wire::{Header, MsgType};
+
+/// What the engine tells its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The node is a full member of the overlay.
+    Joined,
+    /// Every bootstrap peer was tried and none let us in.
+    JoinFailed,
+    /// An application lookup (`Node::route`) reached this node, the live
+    /// node numerically closest to `key`.
+    Delivered {
+        key: Key,
+        origin: NodeHandle,
+        hops: u8,
+        payload: Bytes,
+    },
+    /// A peer was declared dead and removed from the routing state.
+    PeerDown { peer: NodeHandle },
+}
+
+/// `route` was called before the node joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node has not joined the overlay yet")]
+pub struct NotJoined;
+
+/// One overlay participant. See the crate documentation for the contract.
+#[derive(Debug)]
+pub struct Node {
+    pastry: Pastry,
+    events: VecDeque<Event>,
+    fired: Vec<u8>,
+}
+
+impl Node {
+    /// A node with id `id`, reachable at `me`, whose every random choice
+    /// derives from `seed`.
+    ///
+    /// # Panics
+    /// If `cfg` is invalid; use [`Node::try_new`] to get the error instead.
+    pub fn new(cfg: Config, id: NodeId, me: PeerAddr, seed: u64) -> Self {
+        match Self::try_new(cfg, id, me, seed) {
+            Ok(n) => n,
+            Err(e) => panic!("invalid alm Config: {e}"),
+        }
+    }
+
+    pub fn try_new(cfg: Config, id: NodeId, me: PeerAddr, seed: u64) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut rng = Rng::new(seed);
+        let pastry = Pastry::new(cfg, NodeHandle::new(id, me), &mut rng);
+        Ok(Node {
+            pastry,
+            events: VecDeque::new(),
+            fired: Vec::new(),
+        })
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// A datagram arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Time, from: PeerAddr, bytes: Bytes) {
+        self.pastry.stats.msgs_received += 1;
+        self.pastry.stats.bytes_received += bytes.len() as u64;
+        self.dispatch(now, from, bytes);
+        self.drain_upcalls(now);
+    }
+
+    /// A message arrived on the reliable channel from `from`.
+    pub fn handle_stream_message(&mut self, now: Time, from: PeerAddr, bytes: Bytes) {
+        // Every message type is valid on both channels; the channel only
+        // says how it travelled.
+        self.handle_datagram(now, from, bytes);
+    }
+
+    /// The runtime learnt that `peer` cannot be reached.
+    pub fn handle_peer_unreachable(&mut self, now: Time, peer: PeerAddr) {
+        self.pastry.peer_unreachable(now, peer);
+        self.drain_upcalls(now);
+    }
+
+    /// Fire due timers. Spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.fired.clear();
+        let mut fired = std::mem::take(&mut self.fired);
+        self.pastry.handle_timeout(now, &mut fired);
+        self.fired = fired;
+        self.drain_upcalls(now);
+    }
+
+    // ----- commands -----------------------------------------------------
+
+    /// Join through the first reachable of `bootstrap`; with an empty list,
+    /// start a new overlay. `Event::Joined` or `Event::JoinFailed` follows.
+    pub fn join_overlay(&mut self, now: Time, bootstrap: &[PeerAddr]) {
+        self.pastry.join(now, bootstrap);
+        self.drain_upcalls(now);
+    }
+
+    /// Route `payload` to the live node numerically closest to `key`, where
+    /// it surfaces as `Event::Delivered`.
+    pub fn route(&mut self, now: Time, key: Key, payload: Bytes) -> Result<(), NotJoined> {
+        if !self.pastry.is_active() {
+            return Err(NotJoined);
+        }
+        self.pastry.route(now, key, Service::Lookup, payload);
+        self.drain_upcalls(now);
+        Ok(())
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// Next message to send. Drain until `None` after every `handle_*` or
+    /// command call.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.pastry.transmits.pop_front()
+    }
+
+    /// Next event for the application. Drain until `None` after every
+    /// `handle_*` or command call.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called. Read it after draining.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.pastry.poll_timeout().map(|(t, _)| t)
+    }
+
+    /// The next deadline with its reason, for logs.
+    #[must_use]
+    pub fn next_timer(&self) -> Option<(Time, TimerKind)> {
+        self.pastry.poll_timeout()
+    }
+
+    // ----- introspection ------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.pastry.me().id
+    }
+    pub fn addr(&self) -> PeerAddr {
+        self.pastry.me().addr
+    }
+    pub fn is_joined(&self) -> bool {
+        self.pastry.is_active()
+    }
+    pub fn routing_table_len(&self) -> usize {
+        self.pastry.routing_table().len()
+    }
+    pub fn leaf_set(&self) -> Vec<NodeHandle> {
+        self.pastry.leaf_set().handles()
+    }
+    pub fn pastry(&self) -> &Pastry {
+        &self.pastry
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.pastry.stats
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    fn dispatch(&mut self, now: Time, from: PeerAddr, bytes: Bytes) {
+        let hdr = match Header::new_checked(&bytes[..]) {
+            Ok(h) => h,
+            Err(e) => return self.decode_error(from, e),
+        };
+        let ty = match hdr.msg_type() {
+            Ok(t) => t,
+            Err(e) => return self.decode_error(from, e),
+        };
+        let sender = NodeHandle::new(hdr.sender(), from);
+        match ty {
+            MsgType::Route
+            | MsgType::RouteAck
+            | MsgType::State
+            | MsgType::Announce
+            | MsgType::Ping
+            | MsgType::Pong
+            | MsgType::LeafSetRequest
+            | MsgType::RowRequest => match Repr::parse(ty, &bytes) {
+                Ok(repr) => self.pastry.handle(now, sender, repr),
+                Err(e) => self.decode_error(from, e),
+            },
+        }
+    }
+
+    fn decode_error(&mut self, from: PeerAddr, e: crate::wire::Error) {
+        self.pastry.stats.decode_errors += 1;
+        tracing::debug!(%from, error = %e, "dropped undecodable message");
+    }
+
+    /// Act on everything Pastry asked for. Runs inside every `handle_*`
+    /// so upcalls never leak out of the node.
+    fn drain_upcalls(&mut self, now: Time) {
+        while let Some(u) = self.pastry.upcalls.pop_front() {
+            match u {
+                Upcall::Joined => self.events.push_back(Event::Joined),
+                Upcall::JoinFailed => self.events.push_back(Event::JoinFailed),
+                Upcall::Deliver(route) => match route.service {
+                    Service::Lookup => {
+                        self.pastry.stats.lookups_delivered += 1;
+                        self.events.push_back(Event::Delivered {
+                            key: route.key,
+                            origin: route.origin,
+                            hops: route.hops,
+                            payload: route.payload,
+                        });
+                    }
+                    Service::Join | Service::Other(_) => {
+                        self.pastry.stats.dropped_unexpected += 1;
+                    }
+                },
+                Upcall::Forward { route, next } => self.pastry.forward(now, route, next),
+                Upcall::PeerDown(peer) => self.events.push_back(Event::PeerDown { peer }),
+                Upcall::LeafSetChanged => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The leaf set L (Pastry §2.1): the |L|/2 nodes numerically closest on
+//! each side of the local id. It decides delivery (a key within its range
+//! goes to the numerically closest member) and is kept alive by keep-alive
+//! probes (see `super::Pastry`).
+//!
+//! A node may sit on both sides at once. That makes small rings fall out
+//! naturally: a side holds fewer than |L|/2 members exactly when the node
+//! knows fewer than |L|/2 other nodes in total, and then the leaf set covers
+//! the whole ring.
+
+use crate::addr::NodeHandle;
+use crate::id::NodeId;
+use crate::time::Time;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Leaf {
+    pub handle: NodeHandle,
+    /// Last time we received anything from this node.
+    pub last_heard: Time,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeafSet {
+    me: NodeId,
+    half: usize,
+    /// Clockwise (larger ids), nearest first.
+    cw: Vec<Leaf>,
+    /// Counter-clockwise (smaller ids), nearest first.
+    ccw: Vec<Leaf>,
+}
+
+/// Which side of the leaf set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Cw,
+    Ccw,
+}
+
+impl LeafSet {
+    pub fn new(me: NodeId, size: usize) -> Self {
+        let half = (size / 2).max(1);
+        LeafSet {
+            me,
+            half,
+            cw: Vec::with_capacity(half + 1),
+            ccw: Vec::with_capacity(half + 1),
+        }
+    }
+
+    pub fn half(&self) -> usize {
+        self.half
+    }
+
+    fn side(&self, side: Side) -> &Vec<Leaf> {
+        match side {
+            Side::Cw => &self.cw,
+            Side::Ccw => &self.ccw,
+        }
+    }
+
+    fn dist(&self, side: Side, id: NodeId) -> u128 {
+        match side {
+            Side::Cw => self.me.cw_distance(id),
+            Side::Ccw => self.me.ccw_distance(id),
+        }
+    }
+
+    /// Insert into one side if it belongs among the `half` nearest there.
+    fn insert_side(&mut self, side: Side, h: NodeHandle, now: Time) -> bool {
+        let d = self.dist(side, h.id);
+        let half = self.half;
+        let me = self.me;
+        let v = match side {
+            Side::Cw => &mut self.cw,
+            Side::Ccw => &mut self.ccw,
+        };
+        let key = |l: &Leaf| match side {
+            Side::Cw => me.cw_distance(l.handle.id),
+            Side::Ccw => me.ccw_distance(l.handle.id),
+        };
+        match v.binary_search_by_key(&d, key) {
+            Ok(i) => {
+                // Same id: refresh its address (it may have moved) and liveness.
+                v[i].handle.addr = h.addr;
+                v[i].last_heard = v[i].last_heard.max(now);
+                false
+            }
+            Err(i) if i < half => {
+                v.insert(
+                    i,
+                    Leaf {
+                        handle: h,
+                        last_heard: now,
+                    },
+                );
+                v.truncate(half);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Offer a node; returns whether the membership changed.
+    pub fn insert(&mut self, h: NodeHandle, now: Time) -> bool {
+        if h.id == self.me {
+            return false;
+        }
+        let a = self.insert_side(Side::Cw, h, now);
+        let b = self.insert_side(Side::Ccw, h, now);
+        a || b
+    }
+
+    /// Whether `id` would enter the leaf set if offered.
+    pub fn would_accept(&self, id: NodeId) -> bool {
+        if id == self.me || self.contains(id) {
+            return false;
+        }
+        [Side::Cw, Side::Ccw].into_iter().any(|s| {
+            let v = self.side(s);
+            v.len() < self.half
+                || v.last()
+                    .is_some_and(|l| self.dist(s, id) < self.dist(s, l.handle.id))
+        })
+    }
+
+    /// Remove a node from both sides; returns the sides it was removed from.
+    pub fn remove(&mut self, id: NodeId) -> (bool, bool) {
+        let before = (self.cw.len(), self.ccw.len());
+        self.cw.retain(|l| l.handle.id != id);
+        self.ccw.retain(|l| l.handle.id != id);
+        (self.cw.len() != before.0, self.ccw.len() != before.1)
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.cw.iter().chain(&self.ccw).any(|l| l.handle.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: NodeId) -> impl Iterator<Item = &mut Leaf> {
+        self.cw
+            .iter_mut()
+            .chain(self.ccw.iter_mut())
+            .filter(move |l| l.handle.id == id)
+    }
+
+    /// Mark that we heard from `id` at `now`.
+    pub fn heard(&mut self, id: NodeId, now: Time) {
+        for l in self.get_mut(id) {
+            l.last_heard = l.last_heard.max(now);
+        }
+    }
+
+    /// Whether a side is short of members: then we know every node there is.
+    pub fn is_complete_ring(&self) -> bool {
+        self.cw.len() < self.half || self.ccw.len() < self.half
+    }
+
+    /// Whether `key` falls within the range the leaf set covers.
+    pub fn covers(&self, key: NodeId) -> bool {
+        if self.is_complete_ring() {
+            return true;
+        }
+        match (self.ccw.last(), self.cw.last()) {
+            (Some(lo), Some(hi)) => key.in_cw_arc(lo.handle.id, hi.handle.id),
+            _ => true,
+        }
+    }
+
+    /// Numerically closest to `key` among the members and the local node,
+    /// skipping `avoid`. `None` means the local node itself.
+    pub fn closest(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
+        let mut best: Option<NodeHandle> = None;
+        let mut best_id = self.me;
+        for l in self.cw.iter().chain(&self.ccw) {
+            if avoid.contains(&l.handle.id) {
+                continue;
+            }
+            if key.closer(l.handle.id, best_id) {
+                best_id = l.handle.id;
+                best = Some(l.handle);
+            }
+        }
+        best
+    }
+
+    /// Members, each once, clockwise side first.
+    pub fn members(&self) -> impl Iterator<Item = &Leaf> {
+        let cw = &self.cw;
+        self.cw.iter().chain(
+            self.ccw
+                .iter()
+                .filter(move |l| !cw.iter().any(|c| c.handle.id == l.handle.id)),
+        )
+    }
+
+    pub fn handles(&self) -> Vec<NodeHandle> {
+        self.members().map(|l| l.handle).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cw.is_empty() && self.ccw.is_empty()
+    }
+
+    /// Farthest member on a side (the one asked during repair).
+    pub fn farthest(&self, side: Side) -> Option<NodeHandle> {
+        self.side(side).last().map(|l| l.handle)
+    }
+
+    /// Nearest member on a side.
+    pub fn nearest(&self, side: Side) -> Option<NodeHandle> {
+        self.side(side).first().map(|l| l.handle)
+    }
+
+    pub fn side_len(&self, side: Side) -> usize {
+        self.side(side).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PeerAddr;
+
+    fn h(id: u128) -> NodeHandle {
+        NodeHandle::new(NodeId(id), PeerAddr::v4(10, 0, 0, 1, (id % 60000) as u16))
+    }
+
+    #[test]
+    fn keeps_nearest_per_side_and_wraps() {
+        let mut ls = LeafSet::new(NodeId(100), 4);
+        for id in [101, 102, 103, 99, 98, 97, u128::MAX] {
+            ls.insert(h(id), Time::ZERO);
+        }
+        let ids: Vec<u128> = ls.handles().iter().map(|h| h.id.0).collect();
+        assert_eq!(ids, vec![101, 102, 99, 98]);
+        assert!(ls.covers(NodeId(100)));
+        assert!(ls.covers(NodeId(98)));
+        assert!(!ls.covers(NodeId(97)));
+        assert!(!ls.covers(NodeId(103)));
+        // Wrap-around: me near zero sees u128::MAX as a ccw neighbour.
+        let mut ls = LeafSet::new(NodeId(1), 4);
+        for id in [u128::MAX, u128::MAX - 1, 2, 3, 1000] {
+            ls.insert(h(id), Time::ZERO);
+        }
+        assert!(ls.covers(NodeId(0)));
+        assert!(ls.covers(NodeId(u128::MAX - 1)));
+        assert!(!ls.covers(NodeId(500)));
+    }
+
+    #[test]
+    fn tiny_rings_cover_everything() {
+        let mut ls = LeafSet::new(NodeId(5), 16);
+        assert!(ls.covers(NodeId(1 << 100)));
+        assert_eq!(ls.closest(NodeId(1 << 100), &[]), None);
+        ls.insert(h(1 << 100), Time::ZERO);
+        ls.insert(h(1 << 120), Time::ZERO);
+        // Both nodes sit on both sides; every key is covered.
+        assert_eq!(ls.len(), 2);
+        assert!(ls.is_complete_ring());
+        assert_eq!(
+            ls.closest(NodeId(1 << 101), &[]).unwrap().id,
+            NodeId(1 << 100)
+        );
+        assert_eq!(ls.closest(NodeId(6), &[]), None);
+        assert_eq!(
+            ls.closest(NodeId(1 << 101), &[NodeId(1 << 100)])
+                .map(|h| h.id),
+            None,
+            "avoiding the closest falls back to the next closest (us)"
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_smaller_id() {
+        let mut ls = LeafSet::new(NodeId(100), 4);
+        ls.insert(h(90), Time::ZERO);
+        ls.insert(h(110), Time::ZERO);
+        // Key 95 is 5 away from both us (100) and 90: the smaller id wins.
+        assert_eq!(ls.closest(NodeId(95), &[]).map(|h| h.id), Some(NodeId(90)));
+        // Key 105 ties us (100) with 110: we win.
+        assert_eq!(ls.closest(NodeId(105), &[]), None);
+    }
+
+    #[test]
+    fn remove_and_would_accept() {
+        let mut ls = LeafSet::new(NodeId(100), 2);
+        ls.insert(h(101), Time::ZERO);
+        ls.insert(h(99), Time::ZERO);
+        assert!(!ls.would_accept(NodeId(103)));
+        assert!(!ls.would_accept(NodeId(100)), "never ourselves");
+        assert_eq!(ls.remove(NodeId(101)), (true, false));
+        assert!(ls.would_accept(NodeId(103)));
+        assert!(!ls.contains(NodeId(101)));
+    }
+}

@@ -1,0 +1,944 @@
+//! Pastry (Rowstron & Druschel, Middleware 2001) with MSPastry-style
+//! maintenance (Castro, Costa, Rowstron, DSN 2004).
+//!
+//! **State owned:** the leaf set, the proximity-aware routing table, the
+//! neighbourhood set, per-hop acknowledgements in flight, liveness/RTT
+//! probes in flight, recently dead nodes, the join phase, and a timer heap.
+//!
+//! **Consumes:** decoded Pastry messages (`wire::pastry::Repr`) with the
+//! sender's id and address, timeouts, and commands (`join`, `route`,
+//! `forward`, `send`).
+//!
+//! **Emits:** `Transmit`s into `transmits`, and `Upcall`s for the owner
+//! (`Node`) to act on: deliveries at a key's root, forwards it may intercept
+//! (Scribe), joins, failures and leaf-set changes.
+//!
+//! Routing (§2.2): a key within the leaf set's range goes to the numerically
+//! closest member; otherwise to the routing-table entry sharing one more digit;
+//! otherwise (rare case) to any known node sharing as long a prefix and
+//! numerically closer. Every forwarded hop is acknowledged; a hop that is not
+//! acknowledged in time is re-routed around the silent node, which is probed
+//! and, if it stays silent, declared dead and removed everywhere.
+//!
+//! Join (§2.4): the joiner routes a JOIN toward its own id through a contact;
+//! every hop sends it the routing-table rows it can use, the contact its
+//! neighbourhood set, the final node its leaf set. The joiner measures RTTs to
+//! the candidates (proximity neighbour selection, §2.5), keeps the nearest,
+//! and announces itself to everyone it now knows.
+//!
+//! Maintenance: leaves not heard from for a keep-alive interval are probed;
+//! a dead leaf triggers leaf-set repair by asking the farthest live leaf on
+//! that side for its leaf set; a dead routing-table entry is repaired lazily
+//! by asking another node of the same row for its entry.
+
+pub mod leafset;
+pub mod neighborhood;
+pub mod table;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use crate::addr::{NodeHandle, PeerAddr};
+use crate::config::Config;
+use crate::id::NodeId;
+use crate::io::Transmit;
+use crate::rng::Rng;
+use crate::stats::Stats;
+use crate::time::{Duration, Time};
+use crate::util::{Map, new_map};
+use crate::wire::pastry::{
+    PING_ACTIVE, RTT_UNKNOWN, Repr, Route, Service, State, state_flags as sf,
+};
+
+use leafset::{LeafSet, Side};
+use neighborhood::NeighborhoodSet;
+use table::{Offer, RoutingTable};
+
+/// What Pastry asks its owner to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upcall {
+    Joined,
+    JoinFailed,
+    /// A routed message reached the node responsible for its key.
+    Deliver(Route),
+    /// A routed message of an overlay service is about to be forwarded to
+    /// `next`. The owner may consume it, or call `Pastry::forward`.
+    Forward {
+        route: Route,
+        next: NodeHandle,
+    },
+    /// A node was declared dead and removed from the routing state.
+    PeerDown(NodeHandle),
+    /// Leaf-set membership changed (root handover may be due).
+    LeafSetChanged,
+}
+
+/// Why the engine wants to be woken up. Named so that timer bugs read well
+/// in logs (`poll_timeout` returns one with its deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    Keepalive,
+    Probe(NodeId),
+    RouteAck(u64),
+    JoinTimeout(u8),
+    JoinSettle,
+    /// Timers of the services built on Pastry (Scribe, DHT...).
+    Service(u8),
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    Joining {
+        bootstrap: Vec<PeerAddr>,
+        attempt: u8,
+        have_leaf_set: bool,
+    },
+    Active,
+}
+
+#[derive(Debug, Clone)]
+struct PendingHop {
+    route: Route,
+    next: NodeHandle,
+    deadline: Time,
+    reroutes: u8,
+    avoid: SmallVec<[NodeId; 4]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    handle: NodeHandle,
+    deadline: Time,
+    sent: u8,
+    /// Something arrived from the node since the probe went out.
+    heard: bool,
+}
+
+/// Largest number of cached RTT measurements of nodes not in our tables.
+const RTT_CACHE_CAP: usize = 256;
+
+/// The Pastry state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Pastry {
+    cfg: Config,
+    me: NodeHandle,
+    rng: Rng,
+    leaves: LeafSet,
+    table: RoutingTable,
+    nbrs: NeighborhoodSet,
+    phase: Phase,
+    acks: Map<u64, PendingHop>,
+    probes: Map<NodeId, Probe>,
+    dead: Map<NodeId, Time>,
+    rtt_cache: Map<NodeId, u32>,
+    timers: BinaryHeap<Reverse<(Time, TimerKind)>>,
+    keepalive_at: Time,
+    /// Outgoing messages, drained by the owner.
+    pub transmits: VecDeque<Transmit>,
+    /// Upcalls, drained by the owner inside its own `handle_*`.
+    pub upcalls: VecDeque<Upcall>,
+    pub stats: Stats,
+}
+
+impl Pastry {
+    pub fn new(cfg: Config, me: NodeHandle, rng: &mut Rng) -> Self {
+        let leaves = LeafSet::new(me.id, cfg.leaf_set_size);
+        let table = RoutingTable::new(me.id, cfg.b);
+        let nbrs = NeighborhoodSet::new(cfg.neighborhood_size);
+        Pastry {
+            me,
+            leaves,
+            table,
+            nbrs,
+            phase: Phase::Idle,
+            acks: new_map(rng.next_u64()),
+            probes: new_map(rng.next_u64()),
+            dead: new_map(rng.next_u64()),
+            rtt_cache: new_map(rng.next_u64()),
+            timers: BinaryHeap::new(),
+            keepalive_at: Time::NEVER,
+            transmits: VecDeque::new(),
+            upcalls: VecDeque::new(),
+            stats: Stats::default(),
+            rng: rng.fork(),
+            cfg,
+        }
+    }
+
+    pub fn me(&self) -> NodeHandle {
+        self.me
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Active)
+    }
+    pub fn leaf_set(&self) -> &LeafSet {
+        &self.leaves
+    }
+    pub fn routing_table(&self) -> &RoutingTable {
+        &self.table
+    }
+    pub fn neighborhood(&self) -> &NeighborhoodSet {
+        &self.nbrs
+    }
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    // ----- timers -------------------------------------------------------
+
+    /// Arm a timer. Timers are never cancelled: a stale one fires, finds its
+    /// state gone or changed, and does nothing.
+    pub fn set_timer(&mut self, at: Time, kind: TimerKind) {
+        self.timers.push(Reverse((at, kind)));
+    }
+
+    /// Earliest deadline and its reason.
+    pub fn poll_timeout(&self) -> Option<(Time, TimerKind)> {
+        self.timers.peek().map(|Reverse(t)| *t)
+    }
+
+    /// Fire every timer due at `now`. Service timers are handed back to
+    /// the owner through `fired`.
+    pub fn handle_timeout(&mut self, now: Time, fired: &mut Vec<u8>) {
+        while let Some(Reverse((at, kind))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match kind {
+                TimerKind::Keepalive => self.on_keepalive(now, at),
+                TimerKind::Probe(id) => self.on_probe_timeout(now, id, at),
+                TimerKind::RouteAck(hop) => self.on_ack_timeout(now, hop, at),
+                TimerKind::JoinTimeout(attempt) => self.on_join_timeout(now, attempt),
+                TimerKind::JoinSettle => self.maybe_finish_join(now, true),
+                TimerKind::Service(s) => fired.push(s),
+            }
+        }
+    }
+
+    // ----- sending ------------------------------------------------------
+
+    /// Queue a Pastry message to `to`.
+    pub fn send(&mut self, to: PeerAddr, repr: &Repr) {
+        let bytes = repr.to_bytes(self.me.id);
+        self.send_raw(Transmit::datagram(to, bytes));
+    }
+
+    /// Queue an already encoded message (services use this).
+    pub fn send_raw(&mut self, t: Transmit) {
+        self.stats.msgs_sent += 1;
+        self.stats.bytes_sent += t.len() as u64;
+        self.transmits.push_back(t);
+    }
+
+    fn ping(&mut self, now: Time, h: NodeHandle) {
+        if h.id == self.me.id || self.probes.contains_key(&h.id) {
+            return;
+        }
+        let deadline = now + self.cfg.probe_timeout;
+        self.probes.insert(
+            h.id,
+            Probe {
+                handle: h,
+                deadline,
+                sent: 1,
+                heard: false,
+            },
+        );
+        self.set_timer(deadline, TimerKind::Probe(h.id));
+        let flags = if self.is_active() { PING_ACTIVE } else { 0 };
+        self.send(
+            h.addr,
+            &Repr::Ping {
+                token: now.as_micros(),
+                flags,
+            },
+        );
+    }
+
+    // ----- joining ------------------------------------------------------
+
+    /// Join the overlay through `bootstrap` (tried in order), or found a new
+    /// one when the list is empty.
+    pub fn join(&mut self, now: Time, bootstrap: &[PeerAddr]) {
+        if bootstrap.is_empty() {
+            self.activate(now);
+            return;
+        }
+        self.phase = Phase::Joining {
+            bootstrap: bootstrap.to_vec(),
+            attempt: 0,
+            have_leaf_set: false,
+        };
+        self.send_join(now, 0);
+    }
+
+    fn send_join(&mut self, now: Time, attempt: u8) {
+        let Phase::Joining { bootstrap, .. } = &self.phase else {
+            return;
+        };
+        let contact = bootstrap[usize::from(attempt) % bootstrap.len()];
+        let route = Route {
+            hop_id: self.rng.next_u64(),
+            key: self.me.id,
+            hops: 0,
+            service: Service::Join,
+            origin: self.me,
+            payload: Bytes::from_static(&[0]),
+        };
+        self.send(contact, &Repr::Route(route));
+        self.set_timer(now + self.cfg.join_timeout, TimerKind::JoinTimeout(attempt));
+    }
+
+    fn on_join_timeout(&mut self, now: Time, fired_attempt: u8) {
+        let Phase::Joining {
+            attempt,
+            have_leaf_set,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if *attempt != fired_attempt || *have_leaf_set {
+            return;
+        }
+        *attempt += 1;
+        let next = *attempt;
+        if next >= self.cfg.join_attempts {
+            self.phase = Phase::Idle;
+            self.upcalls.push_back(Upcall::JoinFailed);
+            return;
+        }
+        self.send_join(now, next);
+    }
+
+    /// The joiner has its leaf set; once the RTT probes are answered (or the
+    /// settle time is over) it becomes active and announces itself.
+    fn maybe_finish_join(&mut self, now: Time, settle_over: bool) {
+        let Phase::Joining { have_leaf_set, .. } = self.phase else {
+            return;
+        };
+        if have_leaf_set && (settle_over || self.probes.is_empty()) {
+            self.activate(now);
+        }
+    }
+
+    fn activate(&mut self, now: Time) {
+        self.phase = Phase::Active;
+        // Announce to everyone we know, with the RTT we measured to them so
+        // they need not measure us back.
+        let mut told: SmallVec<[NodeId; 64]> = SmallVec::new();
+        let known: Vec<(NodeHandle, u32)> = self
+            .leaves
+            .members()
+            .map(|l| (l.handle, RTT_UNKNOWN))
+            .chain(self.table.entries().map(|e| (e.handle, e.rtt)))
+            .chain(self.nbrs_with_rtt())
+            .collect();
+        for (h, rtt) in known {
+            if told.contains(&h.id) {
+                continue;
+            }
+            told.push(h.id);
+            let rtt = if rtt == RTT_UNKNOWN {
+                self.known_rtt(h.id)
+            } else {
+                rtt
+            };
+            self.send(h.addr, &Repr::Announce { rtt_hint: rtt });
+        }
+        // The join-time cache has served its purpose; free it.
+        self.rtt_cache = new_map(self.rng.next_u64());
+        self.schedule_keepalive(now);
+        self.upcalls.push_back(Upcall::Joined);
+    }
+
+    fn nbrs_with_rtt(&self) -> impl Iterator<Item = (NodeHandle, u32)> + '_ {
+        self.nbrs.handles().map(|h| (*h, self.known_rtt(h.id)))
+    }
+
+    /// Next keep-alive round in [0.75, 1.25) intervals.
+    fn schedule_keepalive(&mut self, now: Time) {
+        let d = self.cfg.keepalive_interval;
+        let next = self.jitter(d) + Duration::from_micros(d.as_micros() / 4);
+        self.keepalive_at = now + next;
+        self.set_timer(self.keepalive_at, TimerKind::Keepalive);
+    }
+
+    /// A uniformly random duration in [d/2, d): spreads periodic work so
+    /// nodes started together do not probe in lockstep.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        let half = d.as_micros() / 2;
+        Duration::from_micros(half + self.rng.below(half.max(1)))
+    }
+
+    // ----- learning about nodes ----------------------------------------
+
+    /// Best RTT we know for `id`, `RTT_UNKNOWN` if none.
+    fn known_rtt(&self, id: NodeId) -> u32 {
+        if let Some((r, c)) = self.table.slot(id)
+            && let Some(e) = self.table.get(r, c)
+            && e.handle.id == id
+            && e.rtt != RTT_UNKNOWN
+        {
+            return e.rtt;
+        }
+        self.rtt_cache.get(&id).copied().unwrap_or(RTT_UNKNOWN)
+    }
+
+    fn cache_rtt(&mut self, id: NodeId, rtt: u32) {
+        if self.rtt_cache.len() >= RTT_CACHE_CAP {
+            self.rtt_cache.clear();
+        }
+        self.rtt_cache.insert(id, rtt);
+    }
+
+    /// Consider `h` for every table. `direct` says we heard from it
+    /// ourselves (so it is alive); second-hand nodes are verified with a
+    /// probe before they can matter.
+    fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
+        if h.id == self.me.id {
+            return;
+        }
+        if direct {
+            self.dead.remove(&h.id);
+        } else if self.dead.contains_key(&h.id) {
+            return;
+        }
+        let rtt = if rtt == RTT_UNKNOWN {
+            self.known_rtt(h.id)
+        } else {
+            self.cache_rtt(h.id, rtt);
+            rtt
+        };
+        let mut want_probe = false;
+        // Leaf set: by id only.
+        let heard_at = if direct { now } else { Time::ZERO };
+        if self.leaves.insert(h, heard_at) {
+            self.upcalls.push_back(Upcall::LeafSetChanged);
+            if !direct {
+                // Check it is alive, and let it learn about us.
+                want_probe = true;
+            }
+        } else if direct {
+            self.leaves.heard(h.id, now);
+        }
+        // Routing table: by proximity.
+        match self.table.offer(h, rtt) {
+            Offer::Inserted | Offer::Replaced(_) => {
+                if rtt == RTT_UNKNOWN {
+                    want_probe = true;
+                }
+            }
+            Offer::NeedsRtt => want_probe = true,
+            Offer::Rejected => {}
+        }
+        if rtt != RTT_UNKNOWN {
+            self.table.update_rtt(h.id, rtt);
+            self.nbrs.offer(h, rtt);
+        } else if self.nbrs.len() < self.cfg.neighborhood_size {
+            want_probe = true;
+        }
+        if want_probe {
+            self.ping(now, h);
+        }
+    }
+
+    /// Something arrived from `from`: it is alive.
+    fn heard(&mut self, now: Time, from: NodeHandle) {
+        self.leaves.heard(from.id, now);
+        if let Some(p) = self.probes.get_mut(&from.id) {
+            p.heard = true;
+        }
+    }
+
+    // ----- failure handling ---------------------------------------------
+
+    /// Declare `id` dead: remove it everywhere and start repairs.
+    pub fn mark_dead(&mut self, now: Time, id: NodeId) {
+        if id == self.me.id {
+            return;
+        }
+        let handle = self
+            .leaves
+            .members()
+            .map(|l| l.handle)
+            .chain(self.table.entries().map(|e| e.handle))
+            .chain(self.nbrs.handles().copied())
+            .find(|h| h.id == id);
+        let (cw, ccw) = self.leaves.remove(id);
+        let slot = self.table.remove(id);
+        let in_nbrs = self.nbrs.remove(id);
+        self.probes.remove(&id);
+        self.rtt_cache.remove(&id);
+        self.dead.insert(id, now);
+        let Some(handle) = handle else {
+            return;
+        };
+        debug_assert!(cw || ccw || slot.is_some() || in_nbrs);
+        self.stats.peers_declared_dead += 1;
+        tracing::debug!(node = ?self.me.id, dead = ?handle, "peer declared dead");
+        self.upcalls.push_back(Upcall::PeerDown(handle));
+        if cw || ccw {
+            self.upcalls.push_back(Upcall::LeafSetChanged);
+            for (lost, side) in [(cw, Side::Cw), (ccw, Side::Ccw)] {
+                if lost {
+                    self.repair_leaf_side(side);
+                }
+            }
+        }
+        if let Some((row, _)) = slot {
+            self.repair_row(row);
+        }
+    }
+
+    /// Ask the farthest live leaf on `side` for its leaf set (§3 of
+    /// MSPastry; Pastry §2.4 "node departure").
+    fn repair_leaf_side(&mut self, side: Side) {
+        let other = match side {
+            Side::Cw => Side::Ccw,
+            Side::Ccw => Side::Cw,
+        };
+        if let Some(h) = self
+            .leaves
+            .farthest(side)
+            .or_else(|| self.leaves.farthest(other))
+        {
+            self.send(h.addr, &Repr::LeafSetRequest);
+        }
+    }
+
+    /// Lazy routing-table repair: ask another node of the same row (or, if
+    /// the row is empty, of the next) for its row.
+    fn repair_row(&mut self, row: usize) {
+        for r in row..self.table.num_rows().min(row + 2) {
+            let candidates: SmallVec<[NodeHandle; 16]> =
+                self.table.row(r).map(|e| e.handle).collect();
+            if !candidates.is_empty() {
+                let pick = candidates[self.rng.index(candidates.len())];
+                self.send(pick.addr, &Repr::RowRequest { row: row as u8 });
+                return;
+            }
+        }
+    }
+
+    /// The runtime learnt that `addr` cannot be reached (TCP reset, ICMP).
+    pub fn peer_unreachable(&mut self, now: Time, addr: PeerAddr) {
+        let ids: SmallVec<[NodeId; 4]> = self
+            .leaves
+            .members()
+            .map(|l| l.handle)
+            .chain(self.table.entries().map(|e| e.handle))
+            .chain(self.nbrs.handles().copied())
+            .filter(|h| h.addr == addr)
+            .map(|h| h.id)
+            .collect();
+        for id in ids {
+            self.mark_dead(now, id);
+        }
+    }
+
+    fn on_keepalive(&mut self, now: Time, at: Time) {
+        if at != self.keepalive_at || !self.is_active() {
+            return;
+        }
+        let stale: SmallVec<[NodeHandle; 32]> = self
+            .leaves
+            .members()
+            .filter(|l| now.saturating_since(l.last_heard) >= self.cfg.keepalive_interval)
+            .map(|l| l.handle)
+            .collect();
+        for h in stale {
+            self.ping(now, h);
+        }
+        // Gossip our leaf set to the nearest node on each side (like Chord's
+        // stabilisation): concurrent joins can leave two neighbours unaware
+        // of each other, and this is what brings them together.
+        let nearest: SmallVec<[NodeHandle; 2]> = [Side::Cw, Side::Ccw]
+            .into_iter()
+            .filter_map(|s| self.leaves.nearest(s))
+            .collect();
+        if !nearest.is_empty() {
+            let state = State {
+                flags: sf::LEAFSET,
+                rtt_hint: RTT_UNKNOWN,
+                leaves: self.leaves.handles(),
+                ..State::default()
+            };
+            let repr = Repr::State(state);
+            let mut sent: Option<NodeId> = None;
+            for h in nearest {
+                if sent != Some(h.id) {
+                    self.send(h.addr, &repr);
+                    sent = Some(h.id);
+                }
+            }
+        }
+        let memory = self.cfg.dead_memory;
+        self.dead.retain(|_, t| now.saturating_since(*t) < memory);
+        self.schedule_keepalive(now);
+    }
+
+    fn on_probe_timeout(&mut self, now: Time, id: NodeId, at: Time) {
+        let Some(p) = self.probes.get_mut(&id) else {
+            return;
+        };
+        if p.deadline != at {
+            return;
+        }
+        if p.heard {
+            self.probes.remove(&id);
+            return;
+        }
+        if p.sent < self.cfg.probe_attempts {
+            p.sent += 1;
+            p.deadline = now + self.cfg.probe_timeout;
+            let (deadline, addr) = (p.deadline, p.handle.addr);
+            self.set_timer(deadline, TimerKind::Probe(id));
+            let flags = if self.is_active() { PING_ACTIVE } else { 0 };
+            self.send(
+                addr,
+                &Repr::Ping {
+                    token: now.as_micros(),
+                    flags,
+                },
+            );
+            return;
+        }
+        self.probes.remove(&id);
+        self.mark_dead(now, id);
+        if let Phase::Joining { .. } = self.phase {
+            self.maybe_finish_join(now, false);
+        }
+    }
+
+    fn on_ack_timeout(&mut self, now: Time, hop: u64, at: Time) {
+        let Some(p) = self.acks.get(&hop) else {
+            return;
+        };
+        if p.deadline != at {
+            return;
+        }
+        let Some(mut p) = self.acks.remove(&hop) else {
+            return;
+        };
+        self.stats.reroutes += 1;
+        // Suspect the silent hop: probe it, and route around it meanwhile.
+        self.ping(now, p.next);
+        if p.reroutes >= self.cfg.max_reroutes {
+            self.stats.route_drops += 1;
+            tracing::debug!(node = ?self.me.id, key = ?p.route.key, "routed message dropped after reroutes");
+            return;
+        }
+        p.avoid.push(p.next.id);
+        self.route_on(now, p.route, p.avoid, p.reroutes + 1, true);
+    }
+
+    // ----- routing ------------------------------------------------------
+
+    /// The next hop toward `key`, `None` if this node is responsible.
+    pub fn next_hop(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
+        if self.leaves.covers(key) {
+            return self.leaves.closest(key, avoid);
+        }
+        let b = self.cfg.b;
+        let l = self.me.id.shared_prefix_len(key, b);
+        if let Some(e) = self.table.get(l, key.digit(l, b))
+            && !avoid.contains(&e.handle.id)
+        {
+            return Some(e.handle);
+        }
+        // Rare case: any node sharing at least as long a prefix that is
+        // numerically closer; prefer longer prefixes, then closeness.
+        let mut best: Option<(usize, NodeHandle)> = None;
+        let cands = self
+            .leaves
+            .members()
+            .map(|l| l.handle)
+            .chain(self.table.entries().map(|e| e.handle))
+            .chain(self.nbrs.handles().copied());
+        for h in cands {
+            if avoid.contains(&h.id) {
+                continue;
+            }
+            let s = h.id.shared_prefix_len(key, b);
+            if s < l || !key.closer(h.id, self.me.id) {
+                continue;
+            }
+            let better = match &best {
+                None => true,
+                Some((bs, bh)) => s > *bs || (s == *bs && key.closer(h.id, bh.id)),
+            };
+            if better {
+                best = Some((s, h));
+            }
+        }
+        best.map(|(_, h)| h)
+    }
+
+    /// Route an application or service message from this node.
+    pub fn route(&mut self, now: Time, key: NodeId, service: Service, payload: Bytes) {
+        let route = Route {
+            hop_id: 0,
+            key,
+            hops: 0,
+            service,
+            origin: self.me,
+            payload,
+        };
+        self.route_on(now, route, SmallVec::new(), 0, false);
+    }
+
+    /// One routing step at this node.
+    fn route_on(
+        &mut self,
+        now: Time,
+        mut route: Route,
+        mut avoid: SmallVec<[NodeId; 4]>,
+        reroutes: u8,
+        is_retry: bool,
+    ) {
+        if route.service == Service::Join && !avoid.contains(&route.origin.id) {
+            // Never route a join to the joiner itself (it may be known from an
+            // earlier attempt).
+            avoid.push(route.origin.id);
+        }
+        let next = self.next_hop(route.key, &avoid);
+        if route.service == Service::Join && !is_retry {
+            self.join_hop(now, &mut route, next.is_none());
+        }
+        match next {
+            None => {
+                if route.service != Service::Join {
+                    self.upcalls.push_back(Upcall::Deliver(route));
+                }
+            }
+            Some(next) => match route.service {
+                Service::Other(_) if !is_retry => {
+                    self.upcalls.push_back(Upcall::Forward { route, next })
+                }
+                _ => self.forward_with(now, route, next, avoid, reroutes),
+            },
+        }
+    }
+
+    /// Forward `route` to `next` (after a `Forward` upcall the owner did not
+    /// consume).
+    pub fn forward(&mut self, now: Time, route: Route, next: NodeHandle) {
+        self.forward_with(now, route, next, SmallVec::new(), 0);
+    }
+
+    fn forward_with(
+        &mut self,
+        now: Time,
+        mut route: Route,
+        next: NodeHandle,
+        avoid: SmallVec<[NodeId; 4]>,
+        reroutes: u8,
+    ) {
+        route.hops = route.hops.saturating_add(1);
+        let hop_id = self.rng.next_u64();
+        route.hop_id = hop_id;
+        let rtt = self.known_rtt(next.id);
+        let timeout = if rtt == RTT_UNKNOWN {
+            self.cfg.ack_timeout
+        } else {
+            Duration::from_micros(u64::from(rtt) * 3).max(self.cfg.ack_timeout_min)
+        };
+        let deadline = now + timeout;
+        self.send(next.addr, &Repr::Route(route.clone()));
+        self.acks.insert(
+            hop_id,
+            PendingHop {
+                route,
+                next,
+                deadline,
+                reroutes,
+                avoid,
+            },
+        );
+        self.set_timer(deadline, TimerKind::RouteAck(hop_id));
+    }
+
+    /// This node is a hop of `joiner`'s JOIN: give it the rows it can use,
+    /// our neighbourhood set if we are the contact, our leaf set if we are
+    /// the last hop.
+    fn join_hop(&mut self, _now: Time, route: &mut Route, is_final: bool) {
+        let joiner = route.origin;
+        let next_row = usize::from(route.payload.first().copied().unwrap_or(0));
+        let p = self.me.id.shared_prefix_len(joiner.id, self.cfg.b);
+        let last_row = p.min(self.table.num_rows() - 1);
+        let mut state = State {
+            flags: sf::JOIN_ROWS,
+            rtt_hint: RTT_UNKNOWN,
+            ..State::default()
+        };
+        if next_row <= last_row {
+            state.table = (next_row..=last_row)
+                .flat_map(|r| self.table.row(r).map(|e| e.handle))
+                .filter(|h| h.id != joiner.id)
+                .collect();
+        }
+        if route.hops == 0 {
+            state.flags |= sf::JOIN_CONTACT;
+            state.neighbors = self
+                .nbrs
+                .handles()
+                .copied()
+                .filter(|h| h.id != joiner.id)
+                .collect();
+        }
+        if is_final {
+            state.flags |= sf::JOIN_FINAL;
+            state.leaves = self
+                .leaves
+                .handles()
+                .into_iter()
+                .filter(|h| h.id != joiner.id)
+                .collect();
+        }
+        self.send(joiner.addr, &Repr::State(state));
+        let row_after = (last_row + 1).max(next_row).min(255) as u8;
+        route.payload = Bytes::copy_from_slice(&[row_after]);
+    }
+
+    // ----- receiving ----------------------------------------------------
+
+    /// Handle one decoded Pastry message from `from`.
+    pub fn handle(&mut self, now: Time, from: NodeHandle, repr: Repr) {
+        if from.id == self.me.id {
+            self.stats.dropped_self += 1;
+            return;
+        }
+        self.heard(now, from);
+        match repr {
+            Repr::Route(route) => {
+                let joiner_first_hop = route.service == Service::Join && route.hops == 0;
+                if !self.is_active() {
+                    // Our tables are not ready; no ack, so the sender
+                    // routes around us.
+                    self.stats.dropped_not_joined += 1;
+                    return;
+                }
+                if !joiner_first_hop {
+                    self.send(
+                        from.addr,
+                        &Repr::RouteAck {
+                            hop_id: route.hop_id,
+                        },
+                    );
+                } else if route.origin.id != from.id {
+                    // Only the joiner itself may open a join at hop 0.
+                    self.stats.dropped_malformed += 1;
+                    return;
+                }
+                self.route_on(now, route, SmallVec::new(), 0, false);
+            }
+            Repr::RouteAck { hop_id } => {
+                if let Some(p) = self.acks.get(&hop_id)
+                    && p.next.id == from.id
+                {
+                    self.acks.remove(&hop_id);
+                }
+            }
+            Repr::State(state) => self.on_state(now, from, state),
+            Repr::Announce { rtt_hint } => {
+                if !self.is_active() {
+                    self.stats.dropped_not_joined += 1;
+                    return;
+                }
+                self.offer(now, from, rtt_hint, true);
+                if self.leaves.contains(from.id) {
+                    let leaves = self.leaves.handles();
+                    let state = State {
+                        flags: sf::LEAFSET,
+                        rtt_hint,
+                        leaves,
+                        ..State::default()
+                    };
+                    self.send(from.addr, &Repr::State(state));
+                }
+            }
+            Repr::Ping { token, flags } => {
+                self.send(from.addr, &Repr::Pong { token });
+                if flags & PING_ACTIVE != 0 && self.is_active() {
+                    self.offer(now, from, RTT_UNKNOWN, true);
+                }
+            }
+            Repr::Pong { token } => {
+                if self.probes.remove(&from.id).is_none() {
+                    // Unsolicited or late: nothing to measure.
+                    return;
+                }
+                // The token is our own clock reading; a forged one can at
+                // worst distort one RTT sample, so clamp it to sane values.
+                let rtt = now
+                    .as_micros()
+                    .saturating_sub(token)
+                    .clamp(1, u64::from(RTT_UNKNOWN - 1));
+                self.offer(now, from, rtt as u32, true);
+                self.maybe_finish_join(now, false);
+            }
+            Repr::LeafSetRequest => {
+                if !self.is_active() {
+                    return;
+                }
+                let leaves = self.leaves.handles();
+                let state = State {
+                    flags: sf::LEAFSET,
+                    rtt_hint: self.known_rtt(from.id),
+                    leaves,
+                    ..State::default()
+                };
+                self.send(from.addr, &Repr::State(state));
+            }
+            Repr::RowRequest { row } => {
+                if !self.is_active() {
+                    return;
+                }
+                let table = self.table.row(usize::from(row)).map(|e| e.handle).collect();
+                let state = State {
+                    flags: sf::ROW,
+                    rtt_hint: self.known_rtt(from.id),
+                    table,
+                    ..State::default()
+                };
+                self.send(from.addr, &Repr::State(state));
+            }
+        }
+    }
+
+    fn on_state(&mut self, now: Time, from: NodeHandle, state: State) {
+        let joining = matches!(self.phase, Phase::Joining { .. });
+        let join_flags = sf::JOIN_ROWS | sf::JOIN_FINAL | sf::JOIN_CONTACT;
+        if state.flags & join_flags != 0 && !joining {
+            // Join state for a join we are not doing (late, duplicate or
+            // forged): ignore rather than let anyone fill our tables.
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        self.offer(now, from, state.rtt_hint, true);
+        for h in state
+            .table
+            .iter()
+            .chain(&state.leaves)
+            .chain(&state.neighbors)
+        {
+            self.offer(now, *h, RTT_UNKNOWN, false);
+        }
+        if joining && state.flags & sf::JOIN_FINAL != 0 {
+            if let Phase::Joining { have_leaf_set, .. } = &mut self.phase {
+                *have_leaf_set = true;
+            }
+            self.set_timer(now + self.cfg.join_settle, TimerKind::JoinSettle);
+            self.maybe_finish_join(now, false);
+        }
+    }
+}

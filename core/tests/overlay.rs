@@ -1,0 +1,319 @@
+//! Small overlays driven by a tiny virtual-time network (quinn's `Pair`
+//! idea, scaled to N nodes): every test jumps to the earliest of next
+//! delivery / next timeout, so it runs in milliseconds of wall time.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use alm_core::{Config, Duration, Event, Node, NodeId, PeerAddr, Rng, Time};
+use bytes::Bytes;
+
+/// (arrival, sequence, from, to, bytes)
+type InFlight = Reverse<(Time, u64, usize, usize, Vec<u8>)>;
+
+struct Net {
+    nodes: Vec<Node>,
+    alive: Vec<bool>,
+    pos: Vec<(f64, f64)>,
+    queue: BinaryHeap<InFlight>,
+    seq: u64,
+    now: Time,
+    events: Vec<(Time, usize, Event)>,
+    loss: f64,
+    rng: Rng,
+}
+
+fn addr(i: usize) -> PeerAddr {
+    PeerAddr::v4(10, (i >> 16) as u8, (i >> 8) as u8, i as u8, 4000)
+}
+fn index(a: PeerAddr) -> usize {
+    match a.0.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            (usize::from(o[1]) << 16) | (usize::from(o[2]) << 8) | usize::from(o[3])
+        }
+        std::net::IpAddr::V6(_) => usize::MAX,
+    }
+}
+
+impl Net {
+    fn new(n: usize, seed: u64) -> Net {
+        let mut rng = Rng::new(seed);
+        let mut nodes = Vec::new();
+        let mut pos = Vec::new();
+        for i in 0..n {
+            let id = NodeId(rng.next_u128());
+            nodes.push(Node::new(Config::default(), id, addr(i), rng.next_u64()));
+            pos.push((rng.unit_f64() * 1000.0, rng.unit_f64() * 1000.0));
+        }
+        Net {
+            nodes,
+            alive: vec![true; n],
+            pos,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: Time::ZERO,
+            events: Vec::new(),
+            loss: 0.0,
+            rng,
+        }
+    }
+
+    fn latency(&self, a: usize, b: usize) -> Duration {
+        let (x1, y1) = self.pos[a];
+        let (x2, y2) = self.pos[b];
+        let d = ((x1 - x2).powi(2) + (y1 - y2).powi(2)).sqrt();
+        Duration::from_micros((d * 100.0) as u64 + 100)
+    }
+
+    fn drain(&mut self, i: usize) {
+        while let Some(t) = self.nodes[i].poll_transmit() {
+            let to = index(t.to);
+            if to >= self.nodes.len() || (self.loss > 0.0 && self.rng.unit_f64() < self.loss) {
+                continue;
+            }
+            let at = self.now + self.latency(i, to);
+            self.seq += 1;
+            let mut buf = Vec::new();
+            t.write_to(&mut buf);
+            self.queue.push(Reverse((at, self.seq, i, to, buf)));
+        }
+        while let Some(e) = self.nodes[i].poll_event() {
+            self.events.push((self.now, i, e));
+        }
+        assert!(self.nodes[i].poll_transmit().is_none(), "drain invariant");
+    }
+
+    fn next_timer(&self) -> Option<(Time, usize)> {
+        (0..self.nodes.len())
+            .filter(|i| self.alive[*i])
+            .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
+            .min()
+    }
+
+    /// Run until `until`.
+    fn run_until(&mut self, until: Time) {
+        loop {
+            let next_msg = self.queue.peek().map(|Reverse((t, ..))| *t);
+            let next_tmr = self.next_timer();
+            let t_msg = next_msg.unwrap_or(Time::NEVER);
+            let t_tmr = next_tmr.map(|(t, _)| t).unwrap_or(Time::NEVER);
+            let t = t_msg.min(t_tmr);
+            if t > until {
+                self.now = until;
+                return;
+            }
+            self.now = t;
+            if t_msg <= t_tmr {
+                let Reverse((_, _, from, to, bytes)) = self.queue.pop().unwrap();
+                if self.alive[to] {
+                    self.nodes[to].handle_datagram(t, addr(from), Bytes::from(bytes));
+                    self.drain(to);
+                }
+            } else {
+                let (_, i) = next_tmr.unwrap();
+                self.nodes[i].handle_timeout(t);
+                self.drain(i);
+            }
+        }
+    }
+
+    fn join_all(&mut self, spacing: Duration) {
+        self.nodes[0].join_overlay(self.now, &[]);
+        self.drain(0);
+        for i in 1..self.nodes.len() {
+            let until = self.now + spacing;
+            self.run_until(until);
+            // Contact: the nearest of a few joined nodes.
+            let mut best = 0;
+            for _ in 0..8 {
+                let c = self.rng.index(i);
+                if self.nodes[c].is_joined() && self.latency(i, c) < self.latency(i, best) {
+                    best = c;
+                }
+            }
+            let now = self.now;
+            self.nodes[i].join_overlay(now, &[addr(best)]);
+            self.drain(i);
+        }
+        let until = self.now + Duration::from_secs(40);
+        self.run_until(until);
+        for (i, n) in self.nodes.iter().enumerate() {
+            assert!(n.is_joined(), "node {i} did not join");
+        }
+    }
+
+    fn closest_live(&self, key: NodeId) -> usize {
+        let mut best = usize::MAX;
+        for i in 0..self.nodes.len() {
+            if !self.alive[i] {
+                continue;
+            }
+            if best == usize::MAX || key.closer(self.nodes[i].id(), self.nodes[best].id()) {
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// Issue `n` lookups from random live nodes; returns (correct, delivered, hops sum).
+    fn lookups(&mut self, n: usize) -> (usize, usize, usize) {
+        self.events.clear();
+        let mut keys = Vec::new();
+        for k in 0..n {
+            let mut src = self.rng.index(self.nodes.len());
+            while !self.alive[src] {
+                src = self.rng.index(self.nodes.len());
+            }
+            let key = NodeId(self.rng.next_u128());
+            keys.push(key);
+            let now = self.now;
+            self.nodes[src]
+                .route(now, key, Bytes::copy_from_slice(&(k as u64).to_be_bytes()))
+                .unwrap();
+            self.drain(src);
+            let until = self.now + Duration::from_millis(2);
+            self.run_until(until);
+        }
+        let until = self.now + Duration::from_secs(30);
+        self.run_until(until);
+        let (mut correct, mut delivered, mut hops) = (0, 0, 0);
+        let mut seen = vec![false; n];
+        for (_, at, e) in &self.events {
+            if let Event::Delivered {
+                payload, hops: h, ..
+            } = e
+            {
+                let k = u64::from_be_bytes(payload[..8].try_into().unwrap()) as usize;
+                // Per-hop retries make delivery at-least-once when an ack is
+                // lost; count each lookup once.
+                if std::mem::replace(&mut seen[k], true) {
+                    assert!(
+                        self.loss > 0.0,
+                        "lookup {k} delivered twice on a lossless network"
+                    );
+                    continue;
+                }
+                delivered += 1;
+                hops += usize::from(*h);
+                if *at == self.closest_live(keys[k]) {
+                    correct += 1;
+                }
+            }
+        }
+        (correct, delivered, hops)
+    }
+}
+
+#[test]
+fn single_node_delivers_everything_to_itself() {
+    let mut net = Net::new(1, 1);
+    net.join_all(Duration::from_millis(10));
+    let (correct, delivered, hops) = net.lookups(20);
+    assert_eq!((correct, delivered, hops), (20, 20, 0));
+}
+
+#[test]
+fn two_and_three_node_rings_are_correct() {
+    for n in [2, 3] {
+        let mut net = Net::new(n, 7 + n as u64);
+        net.join_all(Duration::from_millis(50));
+        for node in &net.nodes {
+            assert_eq!(node.leaf_set().len(), n - 1);
+        }
+        let (correct, delivered, _) = net.lookups(100);
+        assert_eq!((correct, delivered), (100, 100), "n = {n}");
+    }
+}
+
+#[test]
+fn hundred_node_overlay_routes_correctly_in_few_hops() {
+    let mut net = Net::new(100, 3);
+    net.join_all(Duration::from_millis(20));
+    let (correct, delivered, hops) = net.lookups(500);
+    assert_eq!(delivered, 500);
+    assert_eq!(correct, 500);
+    let mean = hops as f64 / 500.0;
+    // log16(100) = 1.66
+    assert!(mean < 2.2, "mean hops {mean}");
+}
+
+#[test]
+fn concurrent_joins_converge() {
+    // All 60 nodes join within 60 ms of each other.
+    let mut net = Net::new(60, 11);
+    net.join_all(Duration::from_millis(1));
+    let (correct, delivered, _) = net.lookups(300);
+    if correct != 300 {
+        let mut ids: Vec<(NodeId, usize)> = net
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id(), i))
+            .collect();
+        ids.sort();
+        for (id, i) in &ids {
+            let ls: Vec<usize> = net.nodes[*i]
+                .leaf_set()
+                .iter()
+                .map(|h| index(h.addr))
+                .collect();
+            eprintln!(
+                "{id} {i} {ls:?} dead={} unexp={} nj={}",
+                net.nodes[*i].stats().peers_declared_dead,
+                net.nodes[*i].stats().dropped_unexpected,
+                net.nodes[*i].stats().dropped_not_joined
+            );
+        }
+    }
+    assert_eq!((correct, delivered), (300, 300));
+}
+
+#[test]
+fn recovers_from_crashes() {
+    let mut net = Net::new(150, 5);
+    net.join_all(Duration::from_millis(10));
+    // Crash 15 nodes silently.
+    for k in 0..15 {
+        let i = 1 + (k * 9) % 149;
+        net.alive[i] = false;
+    }
+    let (_, delivered_now, _) = net.lookups(200);
+    assert!(
+        delivered_now >= 190,
+        "reroutes keep lookups alive: {delivered_now}"
+    );
+    let until = net.now + Duration::from_secs(60);
+    net.run_until(until);
+    for (i, n) in net.nodes.iter().enumerate() {
+        if net.alive[i] {
+            for l in n.leaf_set() {
+                assert!(net.alive[index(l.addr)], "node {i} still has a dead leaf");
+            }
+        }
+    }
+    let (correct, delivered, _) = net.lookups(300);
+    assert_eq!((correct, delivered), (300, 300));
+}
+
+#[test]
+fn lossy_links_still_deliver() {
+    let mut net = Net::new(80, 9);
+    net.join_all(Duration::from_millis(20));
+    net.loss = 0.05;
+    let (correct, delivered, _) = net.lookups(200);
+    assert!(delivered >= 196, "delivered {delivered}");
+    assert!(correct + 4 >= delivered, "correct {correct} of {delivered}");
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = || {
+        let mut net = Net::new(40, 21);
+        net.join_all(Duration::from_millis(5));
+        let r = net.lookups(50);
+        let stats: Vec<_> = net.nodes.iter().map(|n| n.stats().clone()).collect();
+        (r, stats, net.seq)
+    };
+    assert_eq!(run(), run());
+}
