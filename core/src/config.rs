@@ -2,6 +2,7 @@
 //! |M| = 32 (Rowstron & Druschel 2001, §2.1), MSPastry-like maintenance
 //! timers (Castro et al. 2004).
 
+use crate::scribe::ScribeConfig;
 use crate::time::Duration;
 
 /// Tunables of one `Node`. `Config::default()` is what `almd` and `alm-sim`
@@ -38,6 +39,8 @@ pub struct Config {
     pub join_attempts: u8,
     /// How long a node declared dead is not re-learnt from second-hand state.
     pub dead_memory: Duration,
+    /// Scribe trees and the data path.
+    pub scribe: ScribeConfig,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             join_timeout: Duration::from_secs(10),
             join_attempts: 6,
             dead_memory: Duration::from_secs(120),
+            scribe: ScribeConfig::default(),
         }
     }
 }

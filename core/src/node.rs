@@ -13,9 +13,11 @@ use crate::id::{Key, NodeId};
 use crate::io::Transmit;
 use crate::pastry::{Pastry, TimerKind, Upcall};
 use crate::rng::Rng;
+use crate::scribe::{SCRIBE_TIMER, Scribe, ScribeEvent, Topic};
 use crate::stats::Stats;
 use crate::time::Time;
 use crate::wire::pastry::{Repr, Service};
+use crate::wire::scribe::{Control, DATA};
 use crate::wire::{Header, MsgType};
 
 /// What the engine tells its application.
@@ -36,6 +38,21 @@ pub enum Event {
     },
     /// A peer was declared dead and removed from the routing state.
     PeerDown { peer: NodeHandle },
+    /// A packet published on a topic we subscribed to.
+    GroupData {
+        topic: Topic,
+        source: NodeId,
+        payload: Bytes,
+    },
+    /// A depth-first anycast was taken here by the anycast policy.
+    Anycast {
+        topic: Topic,
+        request: u64,
+        requester: NodeHandle,
+        payload: Bytes,
+    },
+    /// An anycast we sent found no taker.
+    AnycastFailed { topic: Topic, request: u64 },
 }
 
 /// `route` was called before the node joined.
@@ -47,6 +64,9 @@ pub struct NotJoined;
 #[derive(Debug)]
 pub struct Node {
     pastry: Pastry,
+    scribe: Scribe,
+    /// Subscriptions made before the node joined; sent once it has.
+    pending_subscriptions: Vec<Topic>,
     events: VecDeque<Event>,
     fired: Vec<u8>,
 }
@@ -67,9 +87,12 @@ impl Node {
     pub fn try_new(cfg: Config, id: NodeId, me: PeerAddr, seed: u64) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut rng = Rng::new(seed);
+        let scribe = Scribe::new(cfg.scribe.clone());
         let pastry = Pastry::new(cfg, NodeHandle::new(id, me), &mut rng);
         Ok(Node {
             pastry,
+            scribe,
+            pending_subscriptions: Vec::new(),
             events: VecDeque::new(),
             fired: Vec::new(),
         })
@@ -103,6 +126,9 @@ impl Node {
         self.fired.clear();
         let mut fired = std::mem::take(&mut self.fired);
         self.pastry.handle_timeout(now, &mut fired);
+        if fired.contains(&SCRIBE_TIMER) {
+            self.scribe.handle_tick(now, &mut self.pastry);
+        }
         self.fired = fired;
         self.drain_upcalls(now);
     }
@@ -125,6 +151,62 @@ impl Node {
         self.pastry.route(now, key, Service::Lookup, payload);
         self.drain_upcalls(now);
         Ok(())
+    }
+
+    /// Join the multicast tree of `topic`; its packets arrive as
+    /// `Event::GroupData`. Before the node has joined the overlay the
+    /// subscription is remembered and sent once it has.
+    pub fn subscribe(&mut self, now: Time, topic: Topic) {
+        if !self.pastry.is_active() {
+            if !self.pending_subscriptions.contains(&topic) {
+                self.pending_subscriptions.push(topic);
+            }
+            return;
+        }
+        self.scribe.subscribe(now, &mut self.pastry, topic);
+        self.drain_upcalls(now);
+    }
+
+    /// Leave the tree of `topic`.
+    pub fn unsubscribe(&mut self, now: Time, topic: Topic) {
+        self.pending_subscriptions.retain(|t| *t != topic);
+        self.scribe.unsubscribe(now, &mut self.pastry, topic);
+        self.drain_upcalls(now);
+    }
+
+    /// Send `payload` to every subscriber of `topic` but ourselves. Works
+    /// whether or not this node subscribed.
+    pub fn publish(&mut self, now: Time, topic: Topic, payload: Bytes) -> Result<(), NotJoined> {
+        if !self.pastry.is_active() {
+            return Err(NotJoined);
+        }
+        self.scribe.publish(now, &mut self.pastry, topic, payload);
+        self.drain_upcalls(now);
+        Ok(())
+    }
+
+    /// Depth-first anycast to the tree of `topic`: the first node whose
+    /// policy accepts surfaces `Event::Anycast`; if none does, we get
+    /// `Event::AnycastFailed`.
+    pub fn anycast(
+        &mut self,
+        now: Time,
+        topic: Topic,
+        request: u64,
+        payload: Bytes,
+    ) -> Result<(), NotJoined> {
+        if !self.pastry.is_active() {
+            return Err(NotJoined);
+        }
+        self.scribe
+            .anycast(now, &mut self.pastry, topic, request, payload);
+        self.drain_upcalls(now);
+        Ok(())
+    }
+
+    /// Replace the anycast acceptance policy (default: any member).
+    pub fn set_anycast_policy(&mut self, policy: Box<dyn crate::scribe::AnycastPolicy>) {
+        self.scribe.set_anycast_policy(policy);
     }
 
     // ----- outputs ------------------------------------------------------
@@ -175,6 +257,9 @@ impl Node {
     pub fn pastry(&self) -> &Pastry {
         &self.pastry
     }
+    pub fn scribe(&self) -> &Scribe {
+        &self.scribe
+    }
     pub fn stats(&self) -> &Stats {
         &self.pastry.stats
     }
@@ -186,11 +271,28 @@ impl Node {
             Ok(h) => h,
             Err(e) => return self.decode_error(from, e),
         };
+        let sender = NodeHandle::new(hdr.sender(), from);
+        if sender.id == self.id() {
+            self.pastry.stats.dropped_self += 1;
+            return;
+        }
+        let raw = hdr.raw_type();
+        if raw == DATA {
+            self.scribe
+                .handle_data(now, &mut self.pastry, sender, &bytes);
+            return;
+        }
+        if (0x20..0x30).contains(&raw) {
+            match Control::parse(raw, &bytes) {
+                Ok(c) => self.scribe.handle_control(now, &mut self.pastry, sender, c),
+                Err(e) => self.decode_error(from, e),
+            }
+            return;
+        }
         let ty = match hdr.msg_type() {
             Ok(t) => t,
             Err(e) => return self.decode_error(from, e),
         };
-        let sender = NodeHandle::new(hdr.sender(), from);
         match ty {
             MsgType::Route
             | MsgType::RouteAck
@@ -216,7 +318,12 @@ impl Node {
     fn drain_upcalls(&mut self, now: Time) {
         while let Some(u) = self.pastry.upcalls.pop_front() {
             match u {
-                Upcall::Joined => self.events.push_back(Event::Joined),
+                Upcall::Joined => {
+                    self.events.push_back(Event::Joined);
+                    for topic in std::mem::take(&mut self.pending_subscriptions) {
+                        self.scribe.subscribe(now, &mut self.pastry, topic);
+                    }
+                }
                 Upcall::JoinFailed => self.events.push_back(Event::JoinFailed),
                 Upcall::Deliver(route) => match route.service {
                     Service::Lookup => {
@@ -228,14 +335,45 @@ impl Node {
                             payload: route.payload,
                         });
                     }
-                    Service::Join | Service::Other(_) => {
-                        self.pastry.stats.dropped_unexpected += 1;
-                    }
+                    Service::Other(_) => self.scribe.deliver(now, &mut self.pastry, route),
+                    Service::Join => self.pastry.stats.dropped_unexpected += 1,
                 },
-                Upcall::Forward { route, next } => self.pastry.forward(now, route, next),
-                Upcall::PeerDown(peer) => self.events.push_back(Event::PeerDown { peer }),
-                Upcall::LeafSetChanged => {}
+                Upcall::Forward { route, next } => {
+                    self.scribe.forward(now, &mut self.pastry, route, next)
+                }
+                Upcall::PeerDown(peer) => {
+                    self.scribe.peer_down(now, &mut self.pastry, peer);
+                    self.events.push_back(Event::PeerDown { peer });
+                }
+                Upcall::LeafSetChanged => self.scribe.leaf_set_changed(now, &mut self.pastry),
             }
+        }
+        while let Some(e) = self.scribe.events.pop_front() {
+            self.events.push_back(match e {
+                ScribeEvent::Data {
+                    topic,
+                    source,
+                    payload,
+                } => Event::GroupData {
+                    topic,
+                    source,
+                    payload,
+                },
+                ScribeEvent::Anycast {
+                    topic,
+                    request,
+                    requester,
+                    payload,
+                } => Event::Anycast {
+                    topic,
+                    request,
+                    requester,
+                    payload,
+                },
+                ScribeEvent::AnycastFailed { topic, request } => {
+                    Event::AnycastFailed { topic, request }
+                }
+            });
         }
     }
 }

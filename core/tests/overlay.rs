@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // node numbers index several parallel vectors
 //! Small overlays driven by a tiny virtual-time network (quinn's `Pair`
 //! idea, scaled to N nodes): every test jumps to the earliest of next
 //! delivery / next timeout, so it runs in milliseconds of wall time.
@@ -244,28 +245,6 @@ fn concurrent_joins_converge() {
     let mut net = Net::new(60, 11);
     net.join_all(Duration::from_millis(1));
     let (correct, delivered, _) = net.lookups(300);
-    if correct != 300 {
-        let mut ids: Vec<(NodeId, usize)> = net
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id(), i))
-            .collect();
-        ids.sort();
-        for (id, i) in &ids {
-            let ls: Vec<usize> = net.nodes[*i]
-                .leaf_set()
-                .iter()
-                .map(|h| index(h.addr))
-                .collect();
-            eprintln!(
-                "{id} {i} {ls:?} dead={} unexp={} nj={}",
-                net.nodes[*i].stats().peers_declared_dead,
-                net.nodes[*i].stats().dropped_unexpected,
-                net.nodes[*i].stats().dropped_not_joined
-            );
-        }
-    }
     assert_eq!((correct, delivered), (300, 300));
 }
 
@@ -316,4 +295,192 @@ fn same_seed_same_run() {
         (r, stats, net.seq)
     };
     assert_eq!(run(), run());
+}
+
+// ----- Scribe -------------------------------------------------------------
+
+use alm_core::Topic;
+use alm_core::scribe::Role;
+
+impl Net {
+    fn with_config(n: usize, seed: u64, cfg: Config) -> Net {
+        let mut net = Net::new(n, seed);
+        let mut rng = Rng::new(seed ^ 0xabc);
+        for i in 0..n {
+            let id = net.nodes[i].id();
+            net.nodes[i] = Node::new(cfg.clone(), id, addr(i), rng.next_u64());
+        }
+        net
+    }
+
+    fn settle(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn subscribe(&mut self, i: usize, t: Topic) {
+        let now = self.now;
+        self.nodes[i].subscribe(now, t);
+        self.drain(i);
+    }
+
+    /// Publish `count` packets from `src`, 10 ms apart; returns per-node
+    /// received counts for `t`.
+    fn publish_burst(&mut self, src: usize, t: Topic, count: usize) -> Vec<usize> {
+        self.events.clear();
+        for k in 0..count {
+            let now = self.now;
+            self.nodes[src]
+                .publish(now, t, Bytes::from(format!("packet {k}")))
+                .unwrap();
+            self.drain(src);
+            self.settle(Duration::from_millis(10));
+        }
+        self.settle(Duration::from_secs(1));
+        let mut got = vec![0; self.nodes.len()];
+        for (_, at, e) in &self.events {
+            if let Event::GroupData { topic, .. } = e
+                && *topic == t
+            {
+                got[*at] += 1;
+            }
+        }
+        got
+    }
+}
+
+#[test]
+fn scribe_delivers_to_every_member_exactly_once() {
+    let mut net = Net::new(60, 31);
+    net.join_all(Duration::from_millis(10));
+    let t = Topic::named(b"test", b"g1");
+    let members: Vec<usize> = (0..60).filter(|i| i % 5 == 0).collect();
+    for &m in &members {
+        net.subscribe(m, t);
+    }
+    net.settle(Duration::from_secs(2));
+    // An off-tree publisher (node 7 is not a member).
+    let got = net.publish_burst(7, t, 50);
+    for i in 0..60 {
+        let want = if members.contains(&i) { 50 } else { 0 };
+        assert_eq!(got[i], want, "node {i}");
+    }
+    // A member publishes: every other member gets it, not the sender.
+    let got = net.publish_burst(10, t, 20);
+    for i in 0..60 {
+        let want = if members.contains(&i) && i != 10 {
+            20
+        } else {
+            0
+        };
+        assert_eq!(got[i], want, "node {i}");
+    }
+    // Exactly one root.
+    let roots = (0..60)
+        .filter(|i| {
+            net.nodes[*i]
+                .scribe()
+                .topic(t)
+                .is_some_and(|s| s.role() == Role::Root)
+        })
+        .count();
+    assert_eq!(roots, 1);
+}
+
+#[test]
+fn leaving_stops_delivery_and_prunes() {
+    let mut net = Net::new(40, 32);
+    net.join_all(Duration::from_millis(10));
+    let t = Topic::named(b"test", b"g2");
+    net.subscribe(3, t);
+    net.subscribe(9, t);
+    net.settle(Duration::from_secs(2));
+    let got = net.publish_burst(20, t, 10);
+    assert_eq!((got[3], got[9]), (10, 10));
+    let now = net.now;
+    net.nodes[9].unsubscribe(now, t);
+    net.drain(9);
+    net.settle(Duration::from_secs(2));
+    let got = net.publish_burst(20, t, 10);
+    assert_eq!((got[3], got[9]), (10, 0));
+    let now = net.now;
+    net.nodes[3].unsubscribe(now, t);
+    net.drain(3);
+    net.settle(Duration::from_secs(10));
+    let on_tree = (0..40)
+        .filter(|i| net.nodes[*i].scribe().topic(t).is_some())
+        .count();
+    assert_eq!(on_tree, 0, "the whole tree pruned away");
+}
+
+#[test]
+fn capacity_limited_trees_push_children_down() {
+    let mut cfg = Config::default();
+    cfg.scribe.max_children = Some(2);
+    let mut net = Net::with_config(50, 33, cfg);
+    net.join_all(Duration::from_millis(10));
+    let t = Topic::named(b"test", b"g3");
+    for i in 0..50 {
+        if i != 1 {
+            net.subscribe(i, t);
+        }
+    }
+    net.settle(Duration::from_secs(3));
+    for i in 0..50 {
+        if let Some(st) = net.nodes[i].scribe().topic(t) {
+            assert!(
+                st.children.len() <= 2,
+                "node {i} has {} children",
+                st.children.len()
+            );
+        }
+    }
+    let got = net.publish_burst(1, t, 10);
+    for i in 0..50 {
+        assert_eq!(got[i], if i == 1 { 0 } else { 10 }, "node {i}");
+    }
+}
+
+#[test]
+fn crashed_forwarder_is_repaired_within_five_seconds() {
+    let mut net = Net::new(60, 34);
+    net.join_all(Duration::from_millis(10));
+    let t = Topic::named(b"test", b"g4");
+    let members: Vec<usize> = (0..60).filter(|i| i % 3 == 0).collect();
+    for &m in &members {
+        net.subscribe(m, t);
+    }
+    net.settle(Duration::from_secs(2));
+    // Crash a non-member forwarder with children (or, failing that, a
+    // member with children).
+    let victim = (0..60)
+        .filter(|i| *i != 1)
+        .find(|i| {
+            net.nodes[*i]
+                .scribe()
+                .topic(t)
+                .is_some_and(|s| s.role() == Role::Forwarder && !s.children.is_empty())
+        })
+        .expect("some interior node");
+    net.alive[victim] = false;
+    net.settle(Duration::from_secs(5));
+    let got = net.publish_burst(1, t, 10);
+    for &m in &members {
+        if m != victim {
+            assert_eq!(got[m], 10, "member {m} after crash of {victim}");
+        }
+    }
+}
+
+#[test]
+fn groups_are_isolated() {
+    let mut net = Net::new(30, 35);
+    net.join_all(Duration::from_millis(10));
+    let a = Topic::named(b"test", b"a");
+    let b = Topic::named(b"test", b"b");
+    net.subscribe(2, a);
+    net.subscribe(4, b);
+    net.settle(Duration::from_secs(2));
+    let got = net.publish_burst(6, a, 5);
+    assert_eq!((got[2], got[4]), (5, 0));
 }

@@ -137,6 +137,9 @@ pub struct Pastry {
     rtt_cache: Map<NodeId, u32>,
     timers: BinaryHeap<Reverse<(Time, TimerKind)>>,
     keepalive_at: Time,
+    /// While a leaf-set refresh (a re-join toward our own id) is under
+    /// way, join state is welcome although we are active.
+    refresh_until: Time,
     /// Outgoing messages, drained by the owner.
     pub transmits: VecDeque<Transmit>,
     /// Upcalls, drained by the owner inside its own `handle_*`.
@@ -161,6 +164,7 @@ impl Pastry {
             rtt_cache: new_map(rng.next_u64()),
             timers: BinaryHeap::new(),
             keepalive_at: Time::NEVER,
+            refresh_until: Time::ZERO,
             transmits: VecDeque::new(),
             upcalls: VecDeque::new(),
             stats: Stats::default(),
@@ -357,6 +361,7 @@ impl Pastry {
         // The join-time cache has served its purpose; free it.
         self.rtt_cache = new_map(self.rng.next_u64());
         self.schedule_keepalive(now);
+        self.maybe_refresh_leaf_set(now);
         self.upcalls.push_back(Upcall::Joined);
     }
 
@@ -583,7 +588,32 @@ impl Pastry {
         }
         let memory = self.cfg.dead_memory;
         self.dead.retain(|_, t| now.saturating_since(*t) < memory);
+        self.maybe_refresh_leaf_set(now);
         self.schedule_keepalive(now);
+    }
+
+    /// A side of the leaf set that is not full means we believe the ring
+    /// holds fewer than |L|/2 other nodes. That is true in a small overlay,
+    /// and false when we joined through a contact whose view was still small
+    /// (many nodes starting at once). Re-run the join toward our own id
+    /// through a known node: the nodes now closest to us answer with their
+    /// state, and the probes that follow make them learn us too.
+    fn maybe_refresh_leaf_set(&mut self, now: Time) {
+        if !self.is_active() || !self.leaves.is_complete_ring() || self.leaves.is_empty() {
+            return;
+        }
+        let members = self.leaves.handles();
+        let contact = members[self.rng.index(members.len())];
+        let route = Route {
+            hop_id: self.rng.next_u64(),
+            key: self.me.id,
+            hops: 0,
+            service: Service::Join,
+            origin: self.me,
+            payload: Bytes::from_static(&[0]),
+        };
+        self.refresh_until = now + self.cfg.join_timeout;
+        self.send(contact.addr, &Repr::Route(route));
     }
 
     fn on_probe_timeout(&mut self, now: Time, id: NodeId, at: Time) {
@@ -918,7 +948,8 @@ impl Pastry {
     fn on_state(&mut self, now: Time, from: NodeHandle, state: State) {
         let joining = matches!(self.phase, Phase::Joining { .. });
         let join_flags = sf::JOIN_ROWS | sf::JOIN_FINAL | sf::JOIN_CONTACT;
-        if state.flags & join_flags != 0 && !joining {
+        let refreshing = self.is_active() && now < self.refresh_until;
+        if state.flags & join_flags != 0 && !joining && !refreshing {
             // Join state for a join we are not doing (late, duplicate or
             // forged): ignore rather than let anyone fill our tables.
             self.stats.dropped_unexpected += 1;

@@ -16,6 +16,7 @@
 //! length justifies.
 
 pub mod pastry;
+pub mod scribe;
 
 use bytes::{BufMut, BytesMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
