@@ -1,1 +1,3 @@
 //! alm-mio (being written).
+pub mod config;
+pub mod control;
