@@ -15,9 +15,11 @@ pub struct Config {
     pub leaf_set_size: usize,
     /// Neighbourhood-set size |M|.
     pub neighborhood_size: usize,
-    /// How often a node checks its leaf set; leaves not heard from within
-    /// this interval are probed.
+    /// Leaves not heard from within this interval are probed.
     pub keepalive_interval: Duration,
+    /// How often a node gossips its leaf set to its nearest neighbours (and
+    /// checks which leaves need a probe).
+    pub gossip_interval: Duration,
     /// How long to wait for a pong before retrying a probe.
     pub probe_timeout: Duration,
     /// Probes sent before a silent peer is declared dead.
@@ -49,7 +51,8 @@ impl Default for Config {
             b: 4,
             leaf_set_size: 16,
             neighborhood_size: 32,
-            keepalive_interval: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(20),
+            gossip_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_millis(1_000),
             probe_attempts: 3,
             ack_timeout: Duration::from_millis(1_000),

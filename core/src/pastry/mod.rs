@@ -49,6 +49,7 @@ use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::time::{Duration, Time};
 use crate::util::{Map, new_map};
+
 use crate::wire::pastry::{
     PING_ACTIVE, RTT_UNKNOWN, Repr, Route, Service, State, state_flags as sf,
 };
@@ -118,8 +119,48 @@ struct Probe {
     heard: bool,
 }
 
-/// Largest number of cached RTT measurements of nodes not in our tables.
-const RTT_CACHE_CAP: usize = 256;
+/// Slots of the RTT cache.
+const RTT_CACHE_SLOTS: usize = 64;
+
+/// RTTs measured to nodes that are not (or no longer) in our tables, so a
+/// candidate offered again and again (row maintenance, gossip) is not pinged
+/// again each time. Direct-mapped and fixed-size: a collision only costs a
+/// re-measurement, and the memory per node stays at a few hundred bytes
+/// however many nodes we hear of.
+#[derive(Debug, Clone)]
+struct RttCache {
+    slots: [(u64, u32); RTT_CACHE_SLOTS],
+}
+
+impl Default for RttCache {
+    fn default() -> Self {
+        RttCache {
+            slots: [(0, RTT_UNKNOWN); RTT_CACHE_SLOTS],
+        }
+    }
+}
+
+impl RttCache {
+    fn slot(id: NodeId) -> (usize, u64) {
+        // Ids are uniform: low bits index, high bits tag.
+        ((id.0 as usize) % RTT_CACHE_SLOTS, (id.0 >> 64) as u64)
+    }
+    fn get(&self, id: NodeId) -> u32 {
+        let (i, tag) = Self::slot(id);
+        let (t, rtt) = self.slots[i];
+        if t == tag { rtt } else { RTT_UNKNOWN }
+    }
+    fn insert(&mut self, id: NodeId, rtt: u32) {
+        let (i, tag) = Self::slot(id);
+        self.slots[i] = (tag, rtt);
+    }
+    fn remove(&mut self, id: NodeId) {
+        let (i, tag) = Self::slot(id);
+        if self.slots[i].0 == tag {
+            self.slots[i] = (0, RTT_UNKNOWN);
+        }
+    }
+}
 
 /// The Pastry state machine. See the module documentation.
 #[derive(Debug)]
@@ -134,7 +175,7 @@ pub struct Pastry {
     acks: Map<u64, PendingHop>,
     probes: Map<NodeId, Probe>,
     dead: Map<NodeId, Time>,
-    rtt_cache: Map<NodeId, u32>,
+    rtt_cache: RttCache,
     timers: BinaryHeap<Reverse<(Time, TimerKind)>>,
     keepalive_at: Time,
     /// While a leaf-set refresh (a re-join toward our own id) is under
@@ -161,7 +202,7 @@ impl Pastry {
             acks: new_map(rng.next_u64()),
             probes: new_map(rng.next_u64()),
             dead: new_map(rng.next_u64()),
-            rtt_cache: new_map(rng.next_u64()),
+            rtt_cache: RttCache::default(),
             timers: BinaryHeap::new(),
             keepalive_at: Time::NEVER,
             refresh_until: Time::ZERO,
@@ -358,10 +399,13 @@ impl Pastry {
             };
             self.send(h.addr, &Repr::Announce { rtt_hint: rtt });
         }
-        // The join-time cache has served its purpose; free it.
-        self.rtt_cache = new_map(self.rng.next_u64());
         self.schedule_keepalive(now);
         self.maybe_refresh_leaf_set(now);
+        // Second phase of the join (Pastry §2.5): ask one node of every row
+        // for its row, to find nodes nearer than the ones the join path gave.
+        for row in 0..self.table.num_rows() {
+            self.request_row_from(row, row);
+        }
         self.upcalls.push_back(Upcall::Joined);
     }
 
@@ -369,9 +413,9 @@ impl Pastry {
         self.nbrs.handles().map(|h| (*h, self.known_rtt(h.id)))
     }
 
-    /// Next keep-alive round in [0.75, 1.25) intervals.
+    /// Next maintenance round in [0.75, 1.25) gossip intervals.
     fn schedule_keepalive(&mut self, now: Time) {
-        let d = self.cfg.keepalive_interval;
+        let d = self.cfg.gossip_interval;
         let next = self.jitter(d) + Duration::from_micros(d.as_micros() / 4);
         self.keepalive_at = now + next;
         self.set_timer(self.keepalive_at, TimerKind::Keepalive);
@@ -395,13 +439,10 @@ impl Pastry {
         {
             return e.rtt;
         }
-        self.rtt_cache.get(&id).copied().unwrap_or(RTT_UNKNOWN)
+        self.rtt_cache.get(id)
     }
 
     fn cache_rtt(&mut self, id: NodeId, rtt: u32) {
-        if self.rtt_cache.len() >= RTT_CACHE_CAP {
-            self.rtt_cache.clear();
-        }
         self.rtt_cache.insert(id, rtt);
     }
 
@@ -414,7 +455,11 @@ impl Pastry {
         }
         if direct {
             self.dead.remove(&h.id);
-        } else if self.dead.contains_key(&h.id) {
+        } else if self.dead.contains_key(&h.id)
+            || (self.table.contains(h.id) && !self.leaves.would_accept(h.id))
+            || (self.leaves.contains(h.id) && !self.table.would_probe(h.id))
+        {
+            // Dead, or already known where it can matter: nothing to learn.
             return;
         }
         let rtt = if rtt == RTT_UNKNOWN {
@@ -428,8 +473,9 @@ impl Pastry {
         let heard_at = if direct { now } else { Time::ZERO };
         if self.leaves.insert(h, heard_at) {
             self.upcalls.push_back(Upcall::LeafSetChanged);
-            if !direct {
-                // Check it is alive, and let it learn about us.
+            if !direct && self.is_active() {
+                // Check it is alive, and let it learn about us. (A joiner
+                // announces itself to its whole leaf set when it is done.)
                 want_probe = true;
             }
         } else if direct {
@@ -448,8 +494,6 @@ impl Pastry {
         if rtt != RTT_UNKNOWN {
             self.table.update_rtt(h.id, rtt);
             self.nbrs.offer(h, rtt);
-        } else if self.nbrs.len() < self.cfg.neighborhood_size {
-            want_probe = true;
         }
         if want_probe {
             self.ping(now, h);
@@ -482,7 +526,7 @@ impl Pastry {
         let slot = self.table.remove(id);
         let in_nbrs = self.nbrs.remove(id);
         self.probes.remove(&id);
-        self.rtt_cache.remove(&id);
+        self.rtt_cache.remove(id);
         self.dead.insert(id, now);
         let Some(handle) = handle else {
             return;
@@ -524,13 +568,35 @@ impl Pastry {
     /// the row is empty, of the next) for its row.
     fn repair_row(&mut self, row: usize) {
         for r in row..self.table.num_rows().min(row + 2) {
-            let candidates: SmallVec<[NodeHandle; 16]> =
-                self.table.row(r).map(|e| e.handle).collect();
-            if !candidates.is_empty() {
-                let pick = candidates[self.rng.index(candidates.len())];
-                self.send(pick.addr, &Repr::RowRequest { row: row as u8 });
+            if self.request_row_from(r, row) {
                 return;
             }
+        }
+    }
+
+    /// Ask a random entry of row `from_row` for its row `row`; false if the
+    /// row is empty.
+    fn request_row_from(&mut self, from_row: usize, row: usize) -> bool {
+        let candidates: SmallVec<[NodeHandle; 16]> =
+            self.table.row(from_row).map(|e| e.handle).collect();
+        if candidates.is_empty() {
+            return false;
+        }
+        let pick = candidates[self.rng.index(candidates.len())];
+        self.send(pick.addr, &Repr::RowRequest { row: row as u8 });
+        true
+    }
+
+    /// Periodic routing-table maintenance (MSPastry §4): each round, one
+    /// random populated row is compared with the same row of one of its
+    /// entries, so tables keep improving as nearer nodes join.
+    fn maintain_table(&mut self) {
+        let rows: SmallVec<[usize; 8]> = (0..self.table.num_rows())
+            .filter(|r| self.table.row(*r).next().is_some())
+            .collect();
+        if !rows.is_empty() {
+            let r = rows[self.rng.index(rows.len())];
+            self.request_row_from(r, r);
         }
     }
 
@@ -564,31 +630,47 @@ impl Pastry {
             self.ping(now, h);
         }
         // Gossip our leaf set to the nearest node on each side (like Chord's
-        // stabilisation): concurrent joins can leave two neighbours unaware
-        // of each other, and this is what brings them together.
-        let nearest: SmallVec<[NodeHandle; 2]> = [Side::Cw, Side::Ccw]
-            .into_iter()
-            .filter_map(|s| self.leaves.nearest(s))
-            .collect();
-        if !nearest.is_empty() {
-            let state = State {
-                flags: sf::LEAFSET,
+        // stabilisation) and to one random member (epidemic spread across
+        // the set): concurrent joins can leave neighbours unaware of each
+        // other, and this is what brings them together.
+        let members = self.leaves.handles();
+        if !members.is_empty() {
+            let mut targets: SmallVec<[NodeHandle; 3]> = [Side::Cw, Side::Ccw]
+                .into_iter()
+                .filter_map(|s| self.leaves.nearest(s))
+                .collect();
+            targets.push(members[self.rng.index(members.len())]);
+            let repr = Repr::State(State {
+                flags: sf::LEAFSET | sf::GOSSIP,
                 rtt_hint: RTT_UNKNOWN,
-                leaves: self.leaves.handles(),
+                leaves: members,
                 ..State::default()
-            };
-            let repr = Repr::State(state);
-            let mut sent: Option<NodeId> = None;
-            for h in nearest {
-                if sent != Some(h.id) {
-                    self.send(h.addr, &repr);
-                    sent = Some(h.id);
+            });
+            let bytes = repr.to_bytes(self.me.id);
+            for (i, h) in targets.iter().enumerate() {
+                if !targets[..i].iter().any(|t| t.id == h.id) {
+                    self.send_raw(Transmit::datagram(h.addr, bytes.clone()));
                 }
             }
         }
         let memory = self.cfg.dead_memory;
         self.dead.retain(|_, t| now.saturating_since(*t) < memory);
+        // Give back what bursts (the join, a repair) made the queues grow to:
+        // at a million simulated nodes idle capacity is most of the memory.
+        self.dead.shrink_to(0);
+        self.probes.shrink_to(0);
+        self.acks.shrink_to(0);
+        self.transmits.shrink_to(0);
+        self.upcalls.shrink_to(0);
+        self.timers.shrink_to(self.timers.len().max(8));
         self.maybe_refresh_leaf_set(now);
+        // Row maintenance runs on average once per keep-alive interval.
+        let per = (self.cfg.keepalive_interval.as_micros()
+            / self.cfg.gossip_interval.as_micros().max(1))
+        .max(1);
+        if self.rng.below(per) == 0 {
+            self.maintain_table();
+        }
         self.schedule_keepalive(now);
     }
 
@@ -945,6 +1027,27 @@ impl Pastry {
         }
     }
 
+    /// Push-pull gossip: if we know nodes that belong in the sender's leaf
+    /// set but are not in the one it sent, send it ours.
+    fn answer_gossip(&mut self, from: NodeHandle, theirs: &[NodeHandle]) {
+        let mut view = LeafSet::new(from.id, self.cfg.leaf_set_size);
+        for h in theirs {
+            view.insert(*h, Time::ZERO);
+        }
+        let missing = std::iter::once(self.me)
+            .chain(self.leaves.members().map(|l| l.handle))
+            .any(|h| h.id != from.id && view.would_accept(h.id));
+        if missing {
+            let state = State {
+                flags: sf::LEAFSET,
+                rtt_hint: RTT_UNKNOWN,
+                leaves: self.leaves.handles(),
+                ..State::default()
+            };
+            self.send(from.addr, &Repr::State(state));
+        }
+    }
+
     fn on_state(&mut self, now: Time, from: NodeHandle, state: State) {
         let joining = matches!(self.phase, Phase::Joining { .. });
         let join_flags = sf::JOIN_ROWS | sf::JOIN_FINAL | sf::JOIN_CONTACT;
@@ -963,6 +1066,9 @@ impl Pastry {
             .chain(&state.neighbors)
         {
             self.offer(now, *h, RTT_UNKNOWN, false);
+        }
+        if state.flags & sf::GOSSIP != 0 && self.is_active() {
+            self.answer_gossip(from, &state.leaves);
         }
         if joining && state.flags & sf::JOIN_FINAL != 0 {
             if let Phase::Joining { have_leaf_set, .. } = &mut self.phase {

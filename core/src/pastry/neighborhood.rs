@@ -25,6 +25,13 @@ impl NeighborhoodSet {
         if self.cap == 0 {
             return false;
         }
+        let full = self.members.len() >= self.cap;
+        if full
+            && self.members.last().is_some_and(|(_, worst)| rtt >= *worst)
+            && !self.members.iter().any(|(m, _)| m.id == h.id)
+        {
+            return false;
+        }
         self.members.retain(|(m, _)| m.id != h.id);
         let pos = self.members.partition_point(|(_, r)| *r <= rtt);
         if pos >= self.cap {

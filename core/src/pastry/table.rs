@@ -125,6 +125,15 @@ impl RoutingTable {
         }
     }
 
+    /// Whether a candidate `id` of unknown RTT would be probed: its slot is
+    /// empty, or held by another node it might beat.
+    pub fn would_probe(&self, id: NodeId) -> bool {
+        match self.slot(id) {
+            None => false,
+            Some((r, c)) => self.get(r, c).is_none_or(|e| e.handle.id != id),
+        }
+    }
+
     pub fn contains(&self, id: NodeId) -> bool {
         self.slot(id)
             .and_then(|(r, c)| self.get(r, c))

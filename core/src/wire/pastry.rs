@@ -21,7 +21,7 @@
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
-//! | 0 | 1 | flags: 1 join rows, 2 join final (leaf set), 4 join contact (neighbourhood), 8 leaf-set reply, 16 row reply |
+//! | 0 | 1 | flags: 1 join rows, 2 join final (leaf set), 4 join contact (neighbourhood), 8 leaf set, 16 row reply, 32 gossip (answer if you know better) |
 //! | 1 | 4 | sender's measured RTT to the receiver in µs, `u32::MAX` if unknown |
 //! | 5 | list | routing-table entries: count (1) then handles |
 //! | .. | list | leaf set: count (1) then handles |
@@ -81,6 +81,9 @@ pub mod state_flags {
     pub const JOIN_CONTACT: u8 = 4;
     pub const LEAFSET: u8 = 8;
     pub const ROW: u8 = 16;
+    /// Unsolicited leaf-set gossip: answer with yours if you know nodes the
+    /// sender's leaf set is missing.
+    pub const GOSSIP: u8 = 32;
 }
 
 /// Ping flag: the sender is an active member; consider it for your tables.
