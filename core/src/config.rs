@@ -15,6 +15,9 @@ pub struct Config {
     pub leaf_set_size: usize,
     /// Neighbourhood-set size |M|.
     pub neighborhood_size: usize,
+    /// Routing-table rows filled by proximity (measured RTT). Rows below
+    /// have few candidates per slot and take the first one offered.
+    pub pns_rows: usize,
     /// Leaves not heard from within this interval are probed.
     pub keepalive_interval: Duration,
     /// How often a node gossips its leaf set to its nearest neighbours (and
@@ -51,6 +54,7 @@ impl Default for Config {
             b: 4,
             leaf_set_size: 16,
             neighborhood_size: 32,
+            pns_rows: 3,
             keepalive_interval: Duration::from_secs(20),
             gossip_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_millis(1_000),

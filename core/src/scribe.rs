@@ -99,7 +99,7 @@ impl Default for ScribeConfig {
             parent_timeout: Duration::from_millis(3_000),
             child_timeout: Duration::from_millis(4_000),
             join_retry: Duration::from_millis(1_500),
-            publisher_refresh: Duration::from_secs(5),
+            publisher_refresh: Duration::from_secs(2),
             data_hops: 64,
             dup_sources: 64,
         }

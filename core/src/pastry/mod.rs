@@ -86,6 +86,8 @@ pub enum TimerKind {
     RouteAck(u64),
     JoinTimeout(u8),
     JoinSettle,
+    /// An early gossip round after the leaf set changed.
+    Gossip,
     /// Timers of the services built on Pastry (Scribe, DHT...).
     Service(u8),
 }
@@ -178,6 +180,8 @@ pub struct Pastry {
     rtt_cache: RttCache,
     timers: BinaryHeap<Reverse<(Time, TimerKind)>>,
     keepalive_at: Time,
+    /// Pending early gossip round, `Time::NEVER` if none.
+    gossip_at: Time,
     /// While a leaf-set refresh (a re-join toward our own id) is under
     /// way, join state is welcome although we are active.
     refresh_until: Time,
@@ -205,6 +209,7 @@ impl Pastry {
             rtt_cache: RttCache::default(),
             timers: BinaryHeap::new(),
             keepalive_at: Time::NEVER,
+            gossip_at: Time::NEVER,
             refresh_until: Time::ZERO,
             transmits: VecDeque::new(),
             upcalls: VecDeque::new(),
@@ -263,6 +268,14 @@ impl Pastry {
                 TimerKind::RouteAck(hop) => self.on_ack_timeout(now, hop, at),
                 TimerKind::JoinTimeout(attempt) => self.on_join_timeout(now, attempt),
                 TimerKind::JoinSettle => self.maybe_finish_join(now, true),
+                TimerKind::Gossip => {
+                    if at == self.gossip_at {
+                        self.gossip_at = Time::NEVER;
+                        if self.is_active() {
+                            self.gossip_leaf_set();
+                        }
+                    }
+                }
                 TimerKind::Service(s) => fired.push(s),
             }
         }
@@ -403,14 +416,23 @@ impl Pastry {
         self.maybe_refresh_leaf_set(now);
         // Second phase of the join (Pastry §2.5): ask one node of every row
         // for its row, to find nodes nearer than the ones the join path gave.
-        for row in 0..self.table.num_rows() {
-            self.request_row_from(row, row);
+        for row in 0..self.cfg.pns_rows.min(self.table.num_rows()) {
+            self.request_row_from_nearby(row, 0);
         }
         self.upcalls.push_back(Upcall::Joined);
     }
 
     fn nbrs_with_rtt(&self) -> impl Iterator<Item = (NodeHandle, u32)> + '_ {
         self.nbrs.handles().map(|h| (*h, self.known_rtt(h.id)))
+    }
+
+    /// The leaf set changed: tell the neighbours within a second rather
+    /// than at the next round, so churn and concurrent joins converge fast.
+    fn gossip_soon(&mut self, now: Time) {
+        if self.gossip_at == Time::NEVER && self.is_active() {
+            self.gossip_at = now + Duration::from_secs(1);
+            self.set_timer(self.gossip_at, TimerKind::Gossip);
+        }
     }
 
     /// Next maintenance round in [0.75, 1.25) gossip intervals.
@@ -473,6 +495,7 @@ impl Pastry {
         let heard_at = if direct { now } else { Time::ZERO };
         if self.leaves.insert(h, heard_at) {
             self.upcalls.push_back(Upcall::LeafSetChanged);
+            self.gossip_soon(now);
             if !direct && self.is_active() {
                 // Check it is alive, and let it learn about us. (A joiner
                 // announces itself to its whole leaf set when it is done.)
@@ -482,13 +505,21 @@ impl Pastry {
             self.leaves.heard(h.id, now);
         }
         // Routing table: by proximity.
+        // Only the top `pns_rows` rows are worth an RTT measurement: they
+        // have many candidates per slot and carry the first, longest-lived
+        // hops. Deeper rows have a handful of candidates each; the first
+        // one offered is kept until a measured one displaces it.
+        let measure = self
+            .table
+            .slot(h.id)
+            .is_some_and(|(row, _)| row < self.cfg.pns_rows);
         match self.table.offer(h, rtt) {
             Offer::Inserted | Offer::Replaced(_) => {
-                if rtt == RTT_UNKNOWN {
+                if rtt == RTT_UNKNOWN && measure {
                     want_probe = true;
                 }
             }
-            Offer::NeedsRtt => want_probe = true,
+            Offer::NeedsRtt => want_probe = measure,
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
@@ -587,17 +618,42 @@ impl Pastry {
         true
     }
 
-    /// Periodic routing-table maintenance (MSPastry §4): each round, one
-    /// random populated row is compared with the same row of one of its
-    /// entries, so tables keep improving as nearer nodes join.
-    fn maintain_table(&mut self) {
-        let rows: SmallVec<[usize; 8]> = (0..self.table.num_rows())
-            .filter(|r| self.table.row(*r).next().is_some())
+    /// Ask a node near us (by measured RTT) that shares at least `row`
+    /// digits with us for its row `row`: its entries were chosen near it,
+    /// hence near us. `rank` picks the nearest (0), the next (1), ...
+    fn request_row_from_nearby(&mut self, row: usize, rank: usize) -> bool {
+        let b = self.cfg.b;
+        let me = self.me.id;
+        let mut cands: SmallVec<[(u32, NodeHandle); 32]> = self
+            .table
+            .entries()
+            .filter(|e| e.rtt != RTT_UNKNOWN && me.shared_prefix_len(e.handle.id, b) >= row)
+            .map(|e| (e.rtt, e.handle))
             .collect();
-        if !rows.is_empty() {
-            let r = rows[self.rng.index(rows.len())];
-            self.request_row_from(r, r);
+        for h in self.nbrs.handles() {
+            if me.shared_prefix_len(h.id, b) >= row && !cands.iter().any(|(_, c)| c.id == h.id) {
+                cands.push((self.known_rtt(h.id), *h));
+            }
         }
+        cands.sort_unstable_by_key(|(rtt, h)| (*rtt, h.id));
+        match cands.get(rank.min(cands.len().saturating_sub(1))) {
+            Some((_, h)) => {
+                let to = h.addr;
+                self.send(to, &Repr::RowRequest { row: row as u8 });
+                true
+            }
+            None => self.request_row_from(row, row),
+        }
+    }
+
+    /// Periodic routing-table maintenance (MSPastry §4): each round, one
+    /// random proximity row is compared with the same row of one of our
+    /// nearest nodes, so tables keep improving as nearer nodes join.
+    fn maintain_table(&mut self) {
+        let rows = self.cfg.pns_rows.min(self.table.num_rows()).max(1);
+        let r = self.rng.index(rows);
+        let rank = self.rng.index(4);
+        self.request_row_from_nearby(r, rank);
     }
 
     /// The runtime learnt that `addr` cannot be reached (TCP reset, ICMP).
@@ -629,30 +685,7 @@ impl Pastry {
         for h in stale {
             self.ping(now, h);
         }
-        // Gossip our leaf set to the nearest node on each side (like Chord's
-        // stabilisation) and to one random member (epidemic spread across
-        // the set): concurrent joins can leave neighbours unaware of each
-        // other, and this is what brings them together.
-        let members = self.leaves.handles();
-        if !members.is_empty() {
-            let mut targets: SmallVec<[NodeHandle; 3]> = [Side::Cw, Side::Ccw]
-                .into_iter()
-                .filter_map(|s| self.leaves.nearest(s))
-                .collect();
-            targets.push(members[self.rng.index(members.len())]);
-            let repr = Repr::State(State {
-                flags: sf::LEAFSET | sf::GOSSIP,
-                rtt_hint: RTT_UNKNOWN,
-                leaves: members,
-                ..State::default()
-            });
-            let bytes = repr.to_bytes(self.me.id);
-            for (i, h) in targets.iter().enumerate() {
-                if !targets[..i].iter().any(|t| t.id == h.id) {
-                    self.send_raw(Transmit::datagram(h.addr, bytes.clone()));
-                }
-            }
-        }
+        self.gossip_leaf_set();
         let memory = self.cfg.dead_memory;
         self.dead.retain(|_, t| now.saturating_since(*t) < memory);
         // Give back what bursts (the join, a repair) made the queues grow to:
@@ -696,6 +729,33 @@ impl Pastry {
         };
         self.refresh_until = now + self.cfg.join_timeout;
         self.send(contact.addr, &Repr::Route(route));
+    }
+
+    /// Gossip our leaf set to the nearest node on each side (like Chord's
+    /// stabilisation) and to one random member (epidemic spread across
+    /// the set): concurrent joins can leave neighbours unaware of each
+    /// other, and this is what brings them together.
+    fn gossip_leaf_set(&mut self) {
+        let members = self.leaves.handles();
+        if !members.is_empty() {
+            let mut targets: SmallVec<[NodeHandle; 3]> = [Side::Cw, Side::Ccw]
+                .into_iter()
+                .filter_map(|s| self.leaves.nearest(s))
+                .collect();
+            targets.push(members[self.rng.index(members.len())]);
+            let repr = Repr::State(State {
+                flags: sf::LEAFSET | sf::GOSSIP,
+                rtt_hint: RTT_UNKNOWN,
+                leaves: members,
+                ..State::default()
+            });
+            let bytes = repr.to_bytes(self.me.id);
+            for (i, h) in targets.iter().enumerate() {
+                if !targets[..i].iter().any(|t| t.id == h.id) {
+                    self.send_raw(Transmit::datagram(h.addr, bytes.clone()));
+                }
+            }
+        }
     }
 
     fn on_probe_timeout(&mut self, now: Time, id: NodeId, at: Time) {
