@@ -2,6 +2,7 @@
 //! |M| = 32 (Rowstron & Druschel 2001, §2.1), MSPastry-like maintenance
 //! timers (Castro et al. 2004).
 
+use crate::dht::DhtConfig;
 use crate::scribe::ScribeConfig;
 use crate::time::Duration;
 
@@ -46,6 +47,9 @@ pub struct Config {
     pub dead_memory: Duration,
     /// Scribe trees and the data path.
     pub scribe: ScribeConfig,
+    /// The DHT of the management ring (and, nested, address allocation and
+    /// the group directory).
+    pub dht: DhtConfig,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             join_attempts: 6,
             dead_memory: Duration::from_secs(120),
             scribe: ScribeConfig::default(),
+            dht: DhtConfig::default(),
         }
     }
 }
@@ -82,6 +87,8 @@ pub enum ConfigError {
     Neighborhood(usize),
     #[error("probe_attempts and join_attempts must be at least 1")]
     Attempts,
+    #[error("dht: {0}")]
+    Dht(&'static str),
 }
 
 impl Config {
@@ -97,6 +104,9 @@ impl Config {
         }
         if self.probe_attempts == 0 || self.join_attempts == 0 {
             return Err(ConfigError::Attempts);
+        }
+        if let Some(why) = self.dht.problem() {
+            return Err(ConfigError::Dht(why));
         }
         Ok(())
     }

@@ -14,9 +14,11 @@
 //!
 //! | module | owns | consumes | emits |
 //! |---|---|---|---|
-//! | [`node`] | one participant: Pastry + Scribe, pending subscriptions | datagrams, stream messages, timeouts, commands | [`Transmit`]s, [`Event`]s, deadlines |
+//! | [`node`] | one participant: Pastry + Scribe + DHT + management, pending subscriptions | datagrams, stream messages, timeouts, commands | [`Transmit`]s, [`Event`]s, deadlines |
 //! | [`pastry`] | leaf set, routing table, neighbourhood set, per-hop acks, probes, join phase (Rowstron & Druschel 2001, MSPastry maintenance) | decoded Pastry messages | transmits, upcalls to the node |
 //! | [`scribe`] | per-topic trees (parent, children, liveness), duplicate filters, off-tree publishers (Castro et al. 2002) | routed Scribe messages, tree control, data packets | transmits, delivered data, anycast hits |
+//! | [`dht`] | records this node stores (responsible or replica: owner, version, lease, holders), its requests awaiting replies, writes awaiting replica acks | routed DHT requests, replies, replications, leaf-set changes | transmits, one result per request |
+//! | [`mgmt`] | the TAP address allocation (claiming / holding + renewal), announced groups, directory listings | commands, results of its DHT requests | DHT requests, address and directory events |
 //! | [`igmp`] | the IGMP querier of the TAP link (RFC 2236/3376) | IGMP messages from the host | query frames, group joined/left |
 //! | [`frame`] | nothing: Ethernet/IPv4/IGMP parsing and building with etherparse | TAP frames | classified frames |
 //! | [`middleware`] | a [`Node`] + an [`igmp::IgmpRouter`]: one host's multicast router | TAP frames and everything a node takes | TAP frames ([`TapWrite`]), transmits |
@@ -65,8 +67,10 @@
 
 pub mod addr;
 pub mod config;
+pub mod dht;
 pub mod id;
 pub mod io;
+pub mod mgmt;
 pub mod middleware;
 pub mod node;
 pub mod pastry;
@@ -82,8 +86,10 @@ pub mod igmp;
 
 pub use addr::{NodeHandle, PeerAddr};
 pub use config::{Config, ConfigError};
+pub use dht::{DhtConfig, DhtError, DhtRecord, DhtReply, Expect};
 pub use id::{Key, NodeId};
 pub use io::{Channel, InlineHeader, Transmit};
+pub use mgmt::{AllocError, GroupRecord, MgmtConfig, PoolExhausted};
 pub use middleware::{Middleware, MiddlewareConfig, TapWrite};
 pub use node::{Event, Node, NotJoined};
 pub use rng::Rng;

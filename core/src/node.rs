@@ -1,21 +1,31 @@
 //! `Node`: one overlay participant, the engine's public face. It owns the
-//! Pastry state machine (and, as they land, the services built on it),
-//! decodes what the runtime hands it, drains its children's upcalls inside
-//! its own `handle_*` calls, and exposes the outputs through `poll_*`.
+//! Pastry state machine and the services built on it (Scribe, the DHT and
+//! the management services on the DHT), decodes what the runtime hands it,
+//! drains its children's upcalls and results inside its own `handle_*`
+//! calls, and exposes the outputs through `poll_*`.
+//!
+//! Message dispatch by type: 0x01–0x1f Pastry, 0x20–0x2f Scribe control,
+//! 0x30 data, 0x58–0x5a DHT replies and replication. Routed messages are
+//! handed to the service their `Route` names: Scribe (2–4), DHT (5).
+//! Service timers: Scribe 1, DHT 2, management 3.
 
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 
 use bytes::Bytes;
 
 use crate::addr::{NodeHandle, PeerAddr};
 use crate::config::{Config, ConfigError};
+use crate::dht::{DHT_TIMER, Dht, DhtError, DhtReply, Expect};
 use crate::id::{Key, NodeId};
 use crate::io::Transmit;
+use crate::mgmt::{AllocError, GroupRecord, MGMT_TIMER, Mgmt, MgmtEvent, PoolExhausted};
 use crate::pastry::{Pastry, TimerKind, Upcall};
 use crate::rng::Rng;
 use crate::scribe::{SCRIBE_TIMER, Scribe, ScribeEvent, Topic};
 use crate::stats::Stats;
-use crate::time::Time;
+use crate::time::{Duration, Time};
+use crate::wire::dht::{Direct, Op, RecordName, SERVICE_DHT};
 use crate::wire::pastry::{Repr, Service};
 use crate::wire::scribe::{Control, DATA};
 use crate::wire::{Header, MsgType};
@@ -53,6 +63,22 @@ pub enum Event {
     },
     /// An anycast we sent found no taker.
     AnycastFailed { topic: Topic, request: u64 },
+    /// The outcome of a `dht_*` request.
+    Dht {
+        request: u64,
+        result: Result<DhtReply, DhtError>,
+    },
+    /// `allocate_address` claimed `addr` for us; the lease is renewed while
+    /// the node runs.
+    AddressAllocated { addr: Ipv4Addr, lease_until: Time },
+    /// Every address of the pool is taken; its `Display` is "address pool
+    /// 172.16.0.0/20 exhausted".
+    AddressPoolExhausted(PoolExhausted),
+    /// Our address was taken by another node after our lease lapsed (we
+    /// could not renew it); a new allocation is under way.
+    AddressLost { addr: Ipv4Addr },
+    /// The answer to `list_groups`: every announced active group, by address.
+    GroupDirectory(Vec<GroupRecord>),
 }
 
 /// `route` was called before the node joined.
@@ -65,6 +91,8 @@ pub struct NotJoined;
 pub struct Node {
     pastry: Pastry,
     scribe: Scribe,
+    dht: Dht,
+    mgmt: Mgmt,
     /// Subscriptions made before the node joined; sent once it has.
     pending_subscriptions: Vec<Topic>,
     events: VecDeque<Event>,
@@ -88,10 +116,14 @@ impl Node {
         cfg.validate()?;
         let mut rng = Rng::new(seed);
         let scribe = Scribe::new(cfg.scribe.clone());
+        let dht = Dht::new(cfg.dht.clone());
+        let mgmt = Mgmt::new(cfg.dht.mgmt.clone());
         let pastry = Pastry::new(cfg, NodeHandle::new(id, me), &mut rng);
         Ok(Node {
             pastry,
             scribe,
+            dht,
+            mgmt,
             pending_subscriptions: Vec::new(),
             events: VecDeque::new(),
             fired: Vec::new(),
@@ -128,6 +160,12 @@ impl Node {
         self.pastry.handle_timeout(now, &mut fired);
         if fired.contains(&SCRIBE_TIMER) {
             self.scribe.handle_tick(now, &mut self.pastry);
+        }
+        if fired.contains(&DHT_TIMER) {
+            self.dht.handle_tick(now, &mut self.pastry);
+        }
+        if fired.contains(&MGMT_TIMER) {
+            self.mgmt.handle_tick(now, &mut self.dht, &mut self.pastry);
         }
         self.fired = fired;
         self.drain_upcalls(now);
@@ -209,6 +247,140 @@ impl Node {
         self.scribe.set_anycast_policy(policy);
     }
 
+    // ----- DHT ----------------------------------------------------------
+
+    fn dht_request(&mut self, now: Time, namespace: &[u8], key: &[u8], op: Op) -> u64 {
+        let name = RecordName {
+            namespace: Bytes::copy_from_slice(namespace),
+            key: Bytes::copy_from_slice(key),
+            bucket: None,
+        };
+        let id = self.dht.request(now, &mut self.pastry, name, op);
+        self.drain_upcalls(now);
+        id
+    }
+
+    /// Store `value` under (`namespace`, `key`) for `lease`, owned by this
+    /// node, if the key is free (absent or expired) or already ours: a
+    /// claim. Another owner's live record gives `DhtError::Conflict`. The
+    /// result arrives as `Event::Dht` with the returned request id.
+    /// Bounds: namespace 32, key 64, value 512 bytes.
+    pub fn dht_put(
+        &mut self,
+        now: Time,
+        namespace: &[u8],
+        key: &[u8],
+        value: Bytes,
+        lease: Duration,
+    ) -> u64 {
+        self.dht_put_cas(now, namespace, key, value, lease, Expect::Free)
+    }
+
+    /// `dht_put` with an explicit expectation: `Expect::Version(v)` replaces
+    /// the record only if it is still at version `v` (compare-and-set after a
+    /// `dht_get`), `Expect::Any` unconditionally.
+    pub fn dht_put_cas(
+        &mut self,
+        now: Time,
+        namespace: &[u8],
+        key: &[u8],
+        value: Bytes,
+        lease: Duration,
+        expect: Expect,
+    ) -> u64 {
+        let op = Op::Put {
+            owner: self.id(),
+            expect: expect.to_wire(),
+            lease_ms: self.dht.lease_ms(lease),
+            value,
+        };
+        self.dht_request(now, namespace, key, op)
+    }
+
+    /// Read a record: `DhtReply::Found` or `DhtError::NotFound`.
+    pub fn dht_get(&mut self, now: Time, namespace: &[u8], key: &[u8]) -> u64 {
+        self.dht_request(now, namespace, key, Op::Get)
+    }
+
+    /// Extend our record's lease to `lease` from now.
+    pub fn dht_renew(&mut self, now: Time, namespace: &[u8], key: &[u8], lease: Duration) -> u64 {
+        let op = Op::Renew {
+            owner: self.id(),
+            lease_ms: self.dht.lease_ms(lease),
+        };
+        self.dht_request(now, namespace, key, op)
+    }
+
+    /// Delete our record (succeeds if it is already gone).
+    pub fn dht_release(&mut self, now: Time, namespace: &[u8], key: &[u8]) -> u64 {
+        let op = Op::Release { owner: self.id() };
+        self.dht_request(now, namespace, key, op)
+    }
+
+    // ----- management ------------------------------------------------------
+
+    /// Claim a unique address from `prefix/prefix_len` (network and
+    /// broadcast excluded) for the TAP interface: `Event::AddressAllocated`
+    /// or `Event::AddressPoolExhausted` follows. Before the node joined, the
+    /// allocation waits for it. The lease is renewed while the node runs;
+    /// call `release_address` on a clean exit.
+    pub fn allocate_address(
+        &mut self,
+        now: Time,
+        prefix: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), AllocError> {
+        let r = self
+            .mgmt
+            .allocate(now, &mut self.dht, &mut self.pastry, prefix, prefix_len);
+        self.drain_upcalls(now);
+        r
+    }
+
+    /// Give our address back to the pool (or abandon an allocation).
+    pub fn release_address(&mut self, now: Time) {
+        self.mgmt.release(now, &mut self.dht, &mut self.pastry);
+        self.drain_upcalls(now);
+    }
+
+    /// The address we hold and its lease.
+    pub fn address(&self) -> Option<(Ipv4Addr, Time)> {
+        self.mgmt.address()
+    }
+
+    /// Announce `group` as active in the directory (from its tree root or a
+    /// member), and keep the record alive until `withdraw_group`.
+    pub fn announce_group(
+        &mut self,
+        now: Time,
+        group: Ipv4Addr,
+        name: Option<String>,
+        members_estimate: u32,
+    ) {
+        self.mgmt.announce_group(
+            now,
+            &mut self.dht,
+            &mut self.pastry,
+            group,
+            name,
+            members_estimate,
+        );
+        self.drain_upcalls(now);
+    }
+
+    /// Stop announcing `group`.
+    pub fn withdraw_group(&mut self, now: Time, group: Ipv4Addr) {
+        self.mgmt
+            .withdraw_group(now, &mut self.dht, &mut self.pastry, group);
+        self.drain_upcalls(now);
+    }
+
+    /// Fetch the directory of active groups: `Event::GroupDirectory` follows.
+    pub fn list_groups(&mut self, now: Time) {
+        self.mgmt.list_groups(now, &mut self.dht, &mut self.pastry);
+        self.drain_upcalls(now);
+    }
+
     // ----- outputs ------------------------------------------------------
 
     /// Next message to send. Drain until `None` after every `handle_*` or
@@ -260,6 +432,12 @@ impl Node {
     pub fn scribe(&self) -> &Scribe {
         &self.scribe
     }
+    pub fn dht(&self) -> &Dht {
+        &self.dht
+    }
+    pub fn mgmt(&self) -> &Mgmt {
+        &self.mgmt
+    }
     pub fn stats(&self) -> &Stats {
         &self.pastry.stats
     }
@@ -280,6 +458,13 @@ impl Node {
         if raw == DATA {
             self.scribe
                 .handle_data(now, &mut self.pastry, sender, &bytes);
+            return;
+        }
+        if (0x50..0x60).contains(&raw) {
+            match Direct::parse(raw, &bytes) {
+                Ok(d) => self.dht.handle_direct(now, &mut self.pastry, sender, d),
+                Err(e) => self.decode_error(from, e),
+            }
             return;
         }
         if (0x20..0x30).contains(&raw) {
@@ -313,41 +498,89 @@ impl Node {
         tracing::debug!(%from, error = %e, "dropped undecodable message");
     }
 
-    /// Act on everything Pastry asked for. Runs inside every `handle_*`
-    /// so upcalls never leak out of the node.
+    /// Act on everything Pastry asked for, and on the services' results.
+    /// Runs inside every `handle_*` so upcalls never leak out of the node.
+    /// Services react to each other (a DHT result makes the management
+    /// service send the next request, which may be delivered here at once),
+    /// so this loops until every queue is empty.
     fn drain_upcalls(&mut self, now: Time) {
-        while let Some(u) = self.pastry.upcalls.pop_front() {
-            match u {
-                Upcall::Joined => {
-                    self.events.push_back(Event::Joined);
-                    for topic in std::mem::take(&mut self.pending_subscriptions) {
-                        self.scribe.subscribe(now, &mut self.pastry, topic);
+        loop {
+            let mut idle = true;
+            while let Some(u) = self.pastry.upcalls.pop_front() {
+                idle = false;
+                self.upcall(now, u);
+            }
+            while let Some((request, result)) = self.dht.results.pop_front() {
+                idle = false;
+                if self.mgmt.owns(request) {
+                    self.mgmt
+                        .on_result(now, &mut self.dht, &mut self.pastry, request, result);
+                } else {
+                    self.events.push_back(Event::Dht { request, result });
+                }
+            }
+            while let Some(e) = self.mgmt.events.pop_front() {
+                idle = false;
+                self.events.push_back(match e {
+                    MgmtEvent::AddressAllocated { addr, lease_until } => {
+                        Event::AddressAllocated { addr, lease_until }
                     }
-                }
-                Upcall::JoinFailed => self.events.push_back(Event::JoinFailed),
-                Upcall::Deliver(route) => match route.service {
-                    Service::Lookup => {
-                        self.pastry.stats.lookups_delivered += 1;
-                        self.events.push_back(Event::Delivered {
-                            key: route.key,
-                            origin: route.origin,
-                            hops: route.hops,
-                            payload: route.payload,
-                        });
-                    }
-                    Service::Other(_) => self.scribe.deliver(now, &mut self.pastry, route),
-                    Service::Join => self.pastry.stats.dropped_unexpected += 1,
-                },
-                Upcall::Forward { route, next } => {
-                    self.scribe.forward(now, &mut self.pastry, route, next)
-                }
-                Upcall::PeerDown(peer) => {
-                    self.scribe.peer_down(now, &mut self.pastry, peer);
-                    self.events.push_back(Event::PeerDown { peer });
-                }
-                Upcall::LeafSetChanged => self.scribe.leaf_set_changed(now, &mut self.pastry),
+                    MgmtEvent::AddressPoolExhausted(e) => Event::AddressPoolExhausted(e),
+                    MgmtEvent::AddressLost { addr } => Event::AddressLost { addr },
+                    MgmtEvent::GroupDirectory(g) => Event::GroupDirectory(g),
+                });
+            }
+            if idle {
+                break;
             }
         }
+        self.drain_scribe_events();
+    }
+
+    fn upcall(&mut self, now: Time, u: Upcall) {
+        match u {
+            Upcall::Joined => {
+                self.events.push_back(Event::Joined);
+                for topic in std::mem::take(&mut self.pending_subscriptions) {
+                    self.scribe.subscribe(now, &mut self.pastry, topic);
+                }
+                self.mgmt.on_joined(now, &mut self.dht, &mut self.pastry);
+            }
+            Upcall::JoinFailed => self.events.push_back(Event::JoinFailed),
+            Upcall::Deliver(route) => match route.service {
+                Service::Lookup => {
+                    self.pastry.stats.lookups_delivered += 1;
+                    self.events.push_back(Event::Delivered {
+                        key: route.key,
+                        origin: route.origin,
+                        hops: route.hops,
+                        payload: route.payload,
+                    });
+                }
+                Service::Other(SERVICE_DHT) => self.dht.deliver(now, &mut self.pastry, route),
+                Service::Other(_) => self.scribe.deliver(now, &mut self.pastry, route),
+                Service::Join => self.pastry.stats.dropped_unexpected += 1,
+            },
+            Upcall::Forward { route, next } => {
+                if route.service == Service::Other(SERVICE_DHT) {
+                    self.pastry.forward(now, route, next);
+                } else {
+                    self.scribe.forward(now, &mut self.pastry, route, next);
+                }
+            }
+            Upcall::PeerDown(peer) => {
+                self.scribe.peer_down(now, &mut self.pastry, peer);
+                self.dht.peer_down(now, &mut self.pastry, peer);
+                self.events.push_back(Event::PeerDown { peer });
+            }
+            Upcall::LeafSetChanged => {
+                self.scribe.leaf_set_changed(now, &mut self.pastry);
+                self.dht.leaf_set_changed(now, &mut self.pastry);
+            }
+        }
+    }
+
+    fn drain_scribe_events(&mut self) {
         while let Some(e) = self.scribe.events.pop_front() {
             self.events.push_back(match e {
                 ScribeEvent::Data {

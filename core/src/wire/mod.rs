@@ -15,6 +15,7 @@
 //! [`Error`] and never panic, and they never allocate more than the input
 //! length justifies.
 
+pub mod dht;
 pub mod pastry;
 pub mod scribe;
 
@@ -45,6 +46,11 @@ pub type Result<T> = core::result::Result<T, Error>;
 
 /// Message types. Ranges: 0x01–0x1f Pastry, 0x20–0x2f Scribe, 0x30–0x3f data
 /// path, 0x40–0x4f MultiCache, 0x50–0x5f DHT/management.
+///
+/// Only Pastry's types are listed here; the services dispatch on the raw
+/// type byte of their range (Scribe: [`scribe`]; DHT: [`dht`], whose
+/// 0x50–0x54 are the ops of requests routed inside a Pastry `Route` and
+/// 0x58–0x5a the direct Reply, Replicate and ReplicateAck).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum MsgType {
