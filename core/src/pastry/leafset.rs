@@ -11,12 +11,15 @@
 use crate::addr::NodeHandle;
 use crate::id::NodeId;
 use crate::time::Time;
+use crate::wire::pastry::RTT_UNKNOWN;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Leaf {
     pub handle: NodeHandle,
     /// Last time we received anything from this node.
     pub last_heard: Time,
+    /// Measured round-trip time in µs, `RTT_UNKNOWN` until measured.
+    pub rtt: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +94,7 @@ impl LeafSet {
                     Leaf {
                         handle: h,
                         last_heard: now,
+                        rtt: RTT_UNKNOWN,
                     },
                 );
                 v.truncate(half);
@@ -147,6 +151,22 @@ impl LeafSet {
         for l in self.get_mut(id) {
             l.last_heard = l.last_heard.max(now);
         }
+    }
+
+    /// Record a measured RTT for a member.
+    pub fn set_rtt(&mut self, id: NodeId, rtt: u32) {
+        for l in self.get_mut(id) {
+            l.rtt = rtt;
+        }
+    }
+
+    /// Measured RTT of a member, `RTT_UNKNOWN` if none.
+    pub fn rtt(&self, id: NodeId) -> u32 {
+        self.cw
+            .iter()
+            .chain(&self.ccw)
+            .find(|l| l.handle.id == id)
+            .map_or(RTT_UNKNOWN, |l| l.rtt)
     }
 
     /// Whether a side is short of members: then we know every node there is.

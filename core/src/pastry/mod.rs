@@ -121,6 +121,8 @@ struct Probe {
     heard: bool,
 }
 
+pub static DBG: [std::sync::atomic::AtomicU64; 16] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 16];
 /// Slots of the RTT cache.
 const RTT_CACHE_SLOTS: usize = 64;
 
@@ -285,6 +287,14 @@ impl Pastry {
 
     /// Queue a Pastry message to `to`.
     pub fn send(&mut self, to: PeerAddr, repr: &Repr) {
+        let k = match repr {
+            Repr::State(st) => 8 + (st.flags.trailing_zeros() as usize).min(7),
+            r => r.msg_type() as usize,
+        };
+        DBG[k].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.is_active() {
+            DBG[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let bytes = repr.to_bytes(self.me.id);
         self.send_raw(Transmit::datagram(to, bytes));
     }
@@ -312,11 +322,13 @@ impl Pastry {
         );
         self.set_timer(deadline, TimerKind::Probe(h.id));
         let flags = if self.is_active() { PING_ACTIVE } else { 0 };
+        let rtt_hint = self.known_rtt(h.id);
         self.send(
             h.addr,
             &Repr::Ping {
                 token: now.as_micros(),
                 flags,
+                rtt_hint,
             },
         );
     }
@@ -461,6 +473,13 @@ impl Pastry {
         {
             return e.rtt;
         }
+        let leaf = self.leaves.rtt(id);
+        if leaf != RTT_UNKNOWN {
+            return leaf;
+        }
+        if let Some(r) = self.nbrs.rtt(id) {
+            return r;
+        }
         self.rtt_cache.get(id)
     }
 
@@ -524,6 +543,7 @@ impl Pastry {
         }
         if rtt != RTT_UNKNOWN {
             self.table.update_rtt(h.id, rtt);
+            self.leaves.set_rtt(h.id, rtt);
             self.nbrs.offer(h, rtt);
         }
         if want_probe {
@@ -743,16 +763,20 @@ impl Pastry {
                 .filter_map(|s| self.leaves.nearest(s))
                 .collect();
             targets.push(members[self.rng.index(members.len())]);
-            let repr = Repr::State(State {
+            let mut repr = Repr::State(State {
                 flags: sf::LEAFSET | sf::GOSSIP,
                 rtt_hint: RTT_UNKNOWN,
                 leaves: members,
                 ..State::default()
             });
-            let bytes = repr.to_bytes(self.me.id);
             for (i, h) in targets.iter().enumerate() {
                 if !targets[..i].iter().any(|t| t.id == h.id) {
-                    self.send_raw(Transmit::datagram(h.addr, bytes.clone()));
+                    // Our RTT to it, so it need not measure us back.
+                    let rtt = self.known_rtt(h.id);
+                    if let Repr::State(st) = &mut repr {
+                        st.rtt_hint = rtt;
+                    }
+                    self.send(h.addr, &repr);
                 }
             }
         }
@@ -775,11 +799,13 @@ impl Pastry {
             let (deadline, addr) = (p.deadline, p.handle.addr);
             self.set_timer(deadline, TimerKind::Probe(id));
             let flags = if self.is_active() { PING_ACTIVE } else { 0 };
+            let rtt_hint = self.known_rtt(id);
             self.send(
                 addr,
                 &Repr::Ping {
                     token: now.as_micros(),
                     flags,
+                    rtt_hint,
                 },
             );
             return;
@@ -1038,10 +1064,14 @@ impl Pastry {
                     self.send(from.addr, &Repr::State(state));
                 }
             }
-            Repr::Ping { token, flags } => {
+            Repr::Ping {
+                token,
+                flags,
+                rtt_hint,
+            } => {
                 self.send(from.addr, &Repr::Pong { token });
                 if flags & PING_ACTIVE != 0 && self.is_active() {
-                    self.offer(now, from, RTT_UNKNOWN, true);
+                    self.offer(now, from, rtt_hint, true);
                 }
             }
             Repr::Pong { token } => {

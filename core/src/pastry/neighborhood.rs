@@ -42,6 +42,14 @@ impl NeighborhoodSet {
         true
     }
 
+    /// Measured RTT of a member, if it is one.
+    pub fn rtt(&self, id: NodeId) -> Option<u32> {
+        self.members
+            .iter()
+            .find(|(m, _)| m.id == id)
+            .map(|(_, r)| *r)
+    }
+
     pub fn remove(&mut self, id: NodeId) -> bool {
         let before = self.members.len();
         self.members.retain(|(m, _)| m.id != id);

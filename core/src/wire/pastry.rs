@@ -31,7 +31,9 @@
 //! RTT hint (4), the sender's measured RTT to the receiver, `u32::MAX` if unknown.
 //!
 //! **Ping** (0x05) — token (8), flags (1): bit 0 set when the sender is an
-//! active overlay member that the receiver may add to its tables.
+//! active overlay member that the receiver may add to its tables; RTT hint
+//! (4): the sender's measured RTT to the receiver in µs, `u32::MAX` if
+//! unknown (RTTs are symmetric enough that the receiver need not measure).
 //! **Pong** (0x06) — token (8), echoing the ping's. The pinger puts its own
 //! clock reading in the token, so an RTT needs no state.
 //!
@@ -116,13 +118,25 @@ pub struct State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repr {
     Route(Route),
-    RouteAck { hop_id: u64 },
+    RouteAck {
+        hop_id: u64,
+    },
     State(State),
-    Announce { rtt_hint: u32 },
-    Ping { token: u64, flags: u8 },
-    Pong { token: u64 },
+    Announce {
+        rtt_hint: u32,
+    },
+    Ping {
+        token: u64,
+        flags: u8,
+        rtt_hint: u32,
+    },
+    Pong {
+        token: u64,
+    },
     LeafSetRequest,
-    RowRequest { row: u8 },
+    RowRequest {
+        row: u8,
+    },
 }
 
 impl Repr {
@@ -181,6 +195,7 @@ impl Repr {
             MsgType::Ping => Repr::Ping {
                 token: r.u64()?,
                 flags: r.u8()?,
+                rtt_hint: r.u32()?,
             },
             MsgType::Pong => Repr::Pong { token: r.u64()? },
             MsgType::LeafSetRequest => Repr::LeafSetRequest,
@@ -196,7 +211,7 @@ impl Repr {
             + match self {
                 Repr::Route(m) => 8 + 16 + 1 + 1 + handle_len(&m.origin) + m.payload.len(),
                 Repr::RouteAck { .. } | Repr::Pong { .. } => 8,
-                Repr::Ping { .. } => 9,
+                Repr::Ping { .. } => 13,
                 Repr::State(s) => {
                     1 + 4
                         + handles_len(&s.table)
@@ -230,9 +245,14 @@ impl Repr {
                 put_handles(out, &s.neighbors);
             }
             Repr::Announce { rtt_hint } => out.put_u32(*rtt_hint),
-            Repr::Ping { token, flags } => {
+            Repr::Ping {
+                token,
+                flags,
+                rtt_hint,
+            } => {
                 out.put_u64(*token);
                 out.put_u8(*flags);
+                out.put_u32(*rtt_hint);
             }
             Repr::Pong { token } => out.put_u64(*token),
             Repr::LeafSetRequest => {}
@@ -313,7 +333,11 @@ mod tests {
         roundtrip(Repr::Announce {
             rtt_hint: RTT_UNKNOWN,
         });
-        roundtrip(Repr::Ping { token: 5, flags: 1 });
+        roundtrip(Repr::Ping {
+            token: 5,
+            flags: 1,
+            rtt_hint: 70,
+        });
         roundtrip(Repr::Pong { token: 6 });
         roundtrip(Repr::LeafSetRequest);
         roundtrip(Repr::RowRequest { row: 31 });
@@ -341,7 +365,12 @@ mod tests {
     #[test]
     fn trailing_bytes_are_malformed() {
         let mut b = BytesMut::new();
-        Repr::Ping { token: 1, flags: 0 }.emit(NodeId(1), &mut b);
+        Repr::Ping {
+            token: 1,
+            flags: 0,
+            rtt_hint: RTT_UNKNOWN,
+        }
+        .emit(NodeId(1), &mut b);
         b.put_u8(0);
         assert_eq!(
             Repr::parse(MsgType::Ping, &b.freeze()).unwrap_err(),
