@@ -169,9 +169,16 @@ impl LeafSet {
             .map_or(RTT_UNKNOWN, |l| l.rtt)
     }
 
-    /// Whether a side is short of members: then we know every node there is.
+    /// Whether we know every node of the ring: a side is short of members,
+    /// or the two sides share a node (fewer than |L| nodes in all, so going
+    /// clockwise and counter-clockwise we met the same ones).
     pub fn is_complete_ring(&self) -> bool {
-        self.cw.len() < self.half || self.ccw.len() < self.half
+        self.cw.len() < self.half
+            || self.ccw.len() < self.half
+            || self
+                .ccw
+                .last()
+                .is_some_and(|far| self.cw.iter().any(|l| l.handle.id == far.handle.id))
     }
 
     /// Whether `key` falls within the range the leaf set covers.
@@ -291,6 +298,38 @@ mod tests {
             None,
             "avoiding the closest falls back to the next closest (us)"
         );
+    }
+
+    #[test]
+    fn overlapping_sides_cover_the_whole_ring() {
+        // Ten nodes, |L| = 16: both sides are full (8 each) but share nodes,
+        // so every key must be covered and go to the truly closest node.
+        let ids: Vec<u128> = (1..=9).map(|i| i * (u128::MAX / 10)).collect();
+        let mut ls = LeafSet::new(NodeId(0), 16);
+        for id in &ids {
+            ls.insert(h(*id), Time::ZERO);
+        }
+        assert_eq!(ls.side_len(Side::Cw), 8);
+        assert_eq!(ls.side_len(Side::Ccw), 8);
+        assert!(ls.is_complete_ring());
+        for k in 0..100u128 {
+            let key = NodeId(k * (u128::MAX / 100));
+            let want = ids
+                .iter()
+                .copied()
+                .chain([0])
+                .min_by(|a, b| {
+                    if key.closer(NodeId(*a), NodeId(*b)) {
+                        core::cmp::Ordering::Less
+                    } else {
+                        core::cmp::Ordering::Greater
+                    }
+                })
+                .unwrap();
+            assert!(ls.covers(key));
+            let got = ls.closest(key, &[]).map_or(0, |h| h.id.0);
+            assert_eq!(got, want, "key {key}");
+        }
     }
 
     #[test]

@@ -123,6 +123,9 @@ struct Probe {
 
 pub static DBG: [std::sync::atomic::AtomicU64; 16] =
     [const { std::sync::atomic::AtomicU64::new(0) }; 16];
+/// Hop budget of a routed message (log16 of a billion nodes is 7.5).
+const MAX_HOPS: u8 = 40;
+
 /// Slots of the RTT cache.
 const RTT_CACHE_SLOTS: usize = 64;
 
@@ -903,6 +906,12 @@ impl Pastry {
         reroutes: u8,
         is_retry: bool,
     ) {
+        if route.hops >= MAX_HOPS {
+            // Far beyond log16(N) + repairs: a loop through inconsistent
+            // state. Drop rather than circulate.
+            self.stats.route_drops += 1;
+            return;
+        }
         if route.service == Service::Join && !avoid.contains(&route.origin.id) {
             // Never route a join to the joiner itself (it may be known from an
             // earlier attempt).
