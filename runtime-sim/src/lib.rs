@@ -1,1 +1,31 @@
-//! alm-sim (being written).
+//! # alm-sim: a deterministic discrete-event network simulator
+//!
+//! Runs unmodified `alm-core` engines on a synthetic network: one engine per
+//! simulated host, virtual time in microseconds, latency from a topology model
+//! (Euclidean plane or GT-ITM-like transit-stub), seeded datagram loss, per-node
+//! uplink serialisation for streams, crashes and partitions. Same seed → same
+//! run, byte for byte.
+//!
+//! * [`queue`]: the `(time, seq)` event heap.
+//! * [`addr`]: host index ↔ synthetic `10.x.y.z:4000` address.
+//! * [`topology`]: latency models.
+//! * [`engine`]: the [`Engine`](engine::Engine) trait the simulator drives;
+//!   [`fake`] is a trivial engine for testing the machinery; `alm_core::Node`
+//!   implements it in `alm`.
+//! * [`sim`]: the simulator proper.
+//! * [`pastry`]: the Pastry lookup experiment behind `alm-sim pastry`.
+//! * [`svg`]: hand-written charts.
+
+pub mod addr;
+pub mod alm;
+pub mod engine;
+pub mod fake;
+pub mod pastry;
+pub mod queue;
+pub mod sim;
+pub mod svg;
+pub mod topology;
+
+pub use engine::{Engine, EngineStats, SimChannel, SimEvent, SimTransmit};
+pub use sim::{Action, NetConfig, NoObserver, Observer, Sim, SimStats};
+pub use topology::{AnyTopology, Plane, Topology, TopologyKind, TransitStub};

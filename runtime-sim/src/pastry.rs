@@ -1,0 +1,871 @@
+//! The `pastry` experiment: build an overlay by joins, let it settle, measure
+//! lookups (hops, correctness, delay stretch), optionally crash a fraction of
+//! the nodes and measure again before and after repair — the shape of the
+//! Pastry paper's evaluation (Rowstron & Druschel 2001, §5: Fig. 4–5 hop counts,
+//! Fig. 10 routing after failures).
+//!
+//! State owned here: the experiment's own seeded RNGs (ids, engine seeds,
+//! bootstrap sampling, lookups, failures), the list of joined nodes, and the
+//! per-lookup records of the current phase. It drives a [`Sim`] and reads the
+//! engines' [`SimEvent`]s.
+//!
+//! Lookup payloads are 8 bytes: `phase << 56 | index`, little-endian, so a late
+//! delivery from an earlier phase is never mistaken for a current one.
+
+use crate::addr::addr_of;
+use crate::engine::{Engine, SimEvent};
+use crate::sim::{Action, NetConfig, Observer, Sim};
+use crate::topology::{AnyTopology, Topology, TopologyKind};
+use alm_core::{Duration, Key, NodeId, PeerAddr, Rng, Time};
+use bytes::Bytes;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// Parameters of one `pastry` run.
+#[derive(Clone, Debug)]
+pub struct PastryParams {
+    pub nodes: usize,
+    pub lookups: usize,
+    pub seed: u64,
+    pub topology: TopologyKind,
+    /// Fraction of nodes crashed after settling (0: no failure phases).
+    pub fail_fraction: f64,
+    /// Joins per simulated second.
+    pub join_rate: f64,
+    /// How long after the last scheduled join to wait for stragglers.
+    pub join_timeout: Duration,
+    /// Idle time after the build before measuring.
+    pub settle: Duration,
+    /// Lookups issued per simulated second.
+    pub lookup_rate: f64,
+    /// How long after the last lookup of a phase to wait for deliveries.
+    pub lookup_timeout: Duration,
+    /// Time between the crash and the `after_repair` phase.
+    pub repair: Duration,
+    /// Already-joined nodes sampled for each join; the closest is the bootstrap.
+    pub bootstrap_samples: usize,
+    /// Leaf-set half size the engine is configured with (|L|/2), for the
+    /// `leaf_set_exact_fraction` diagnostic; 0 disables it.
+    pub leaf_half: usize,
+    pub net: NetConfig,
+    /// Print phase timings to stderr.
+    pub progress: bool,
+}
+
+impl Default for PastryParams {
+    fn default() -> Self {
+        PastryParams {
+            nodes: 1000,
+            lookups: 10_000,
+            seed: 1,
+            topology: TopologyKind::Plane,
+            fail_fraction: 0.0,
+            join_rate: 2000.0,
+            join_timeout: Duration::from_secs(60),
+            settle: Duration::from_secs(30),
+            lookup_rate: 10_000.0,
+            lookup_timeout: Duration::from_secs(10),
+            repair: Duration::from_secs(60),
+            bootstrap_samples: 16,
+            leaf_half: 8,
+            net: NetConfig::default(),
+            progress: false,
+        }
+    }
+}
+
+/// Lookup results of one phase.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PhaseReport {
+    pub lookups: usize,
+    pub live_nodes: usize,
+    pub hops_mean: f64,
+    /// Fraction of delivered lookups per hop count (sums to 1).
+    pub hops_hist: Vec<f64>,
+    pub hops_max: u32,
+    pub correct_fraction: f64,
+    pub delivered_fraction: f64,
+    /// Mean over delivered lookups of path delay / direct delay (source to
+    /// deliverer), skipping lookups delivered at their source.
+    pub stretch_mean: Option<f64>,
+    pub path_delay_mean_ms: f64,
+    /// Deliveries beyond the first for one lookup.
+    pub duplicate_deliveries: u64,
+    /// For wrongly delivered lookups: how many positions along the ring of
+    /// live ids the deliverer is from the true root (mean and max). 1 means
+    /// an immediate ring neighbour: a leaf-set problem rather than routing.
+    pub wrong_root_rank_mean: f64,
+    pub wrong_root_rank_max: u64,
+    /// Fraction of live nodes whose leaf set, at the start of the phase, is
+    /// exactly the |L|/2 nearest live ids on each side.
+    pub leaf_set_exact_fraction: f64,
+}
+
+/// The `pastry` experiment's report. `wall_s` and `peak_rss_mb` are the only
+/// fields that differ between two runs with the same parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct PastryReport {
+    pub nodes: usize,
+    pub lookups: usize,
+    pub topology: String,
+    pub seed: u64,
+    pub joined: usize,
+    pub join_failures: usize,
+    pub join_pending: usize,
+    /// Simulated seconds from the first join to the last `Joined` event.
+    pub join_time_s: f64,
+    pub hops_mean: f64,
+    pub hops_hist: Vec<f64>,
+    pub hops_max: u32,
+    pub correct_fraction: f64,
+    pub delivered_fraction: f64,
+    pub stretch_mean: Option<f64>,
+    pub path_delay_mean_ms: f64,
+    pub duplicate_deliveries: u64,
+    pub wrong_root_rank_mean: f64,
+    pub wrong_root_rank_max: u64,
+    pub leaf_set_exact_fraction: f64,
+    pub rt_entries_mean: f64,
+    pub leaf_set_mean: f64,
+    pub join_msgs_mean: f64,
+    pub msgs_total: u64,
+    pub bytes_total: u64,
+    pub decode_errors: u64,
+    pub sim_events: u64,
+    pub queue_peak: usize,
+    /// `handle_timeout` calls made (only when a deadline was due).
+    pub timeouts_fired: u64,
+    /// Messages lost to `--loss`, to crashed receivers and to partitions.
+    pub dropped_loss: u64,
+    pub dropped_dead: u64,
+    pub dropped_partition: u64,
+    pub sim_time_s: f64,
+    pub drain_violations: u64,
+    pub timer_violations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_nodes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<PhaseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_failure: Option<PhaseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_repair: Option<PhaseReport>,
+    pub wall_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+impl PastryReport {
+    /// The JSON with the two machine-dependent fields zeroed, for
+    /// determinism comparisons.
+    pub fn deterministic_json(&self) -> String {
+        let mut r = self.clone();
+        r.wall_s = 0.0;
+        r.peak_rss_mb = 0.0;
+        serde_json::to_string(&r).unwrap_or_default()
+    }
+}
+
+const PENDING: u8 = 0;
+const JOINED: u8 = 1;
+const FAILED: u8 = 2;
+
+const TAG_JOIN: u64 = 0;
+const TAG_LOOKUP: u64 = 1;
+
+struct Lookup {
+    src: u32,
+    key: u128,
+    issued: u64,
+    /// (deliverer, hops, delivery time)
+    result: Option<(u32, u8, u64)>,
+}
+
+struct Phase {
+    number: u64,
+    start: Time,
+    total: usize,
+    sources: Vec<u32>,
+    /// Sorted ids of the live joined nodes.
+    live_ids: Vec<u128>,
+    lookups: Vec<Lookup>,
+    delivered: usize,
+    duplicates: u64,
+}
+
+struct Scenario<F> {
+    make: F,
+    ids: Vec<u128>,
+    seeds: Vec<u64>,
+    rng: Rng,
+    bootstrap_samples: usize,
+    join_rate: f64,
+    lookup_rate: f64,
+    next_join: usize,
+    joined: Vec<u32>,
+    /// `PENDING`, `JOINED` or `FAILED` per node.
+    state: Vec<u8>,
+    failed: usize,
+    last_joined_at: Time,
+    phase: Option<Phase>,
+    lookup_rng: Rng,
+    mode: Mode,
+}
+
+/// When the scenario stops `run_until` early.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Once every node has joined or failed to.
+    Build,
+    /// Once every lookup of the phase is issued and delivered.
+    Lookups,
+    Never,
+}
+
+impl<F> Scenario<F> {
+    fn build_done(&self) -> bool {
+        self.joined.len() + self.failed >= self.ids.len()
+    }
+}
+
+/// Interval schedule: the k-th item of a rate-`rate` stream, in µs after start.
+fn offset_us(k: usize, rate: f64) -> u64 {
+    (k as f64 * 1e6 / rate).round() as u64
+}
+
+impl<E, F> Observer<E, AnyTopology> for Scenario<F>
+where
+    E: Engine,
+    F: FnMut(NodeId, PeerAddr, u64) -> E,
+{
+    fn on_event(&mut self, now: Time, node: usize, event: SimEvent) {
+        match event {
+            SimEvent::Joined if self.state[node] != JOINED => {
+                if self.state[node] == FAILED {
+                    // A late success after giving up (the engine retried).
+                    self.failed -= 1;
+                }
+                self.state[node] = JOINED;
+                self.joined.push(node as u32);
+                self.last_joined_at = now;
+            }
+            SimEvent::JoinFailed if self.state[node] == PENDING => {
+                self.state[node] = FAILED;
+                self.failed += 1;
+            }
+            SimEvent::Delivered { payload, hops, .. } => {
+                let Some(phase) = self.phase.as_mut() else {
+                    return;
+                };
+                let Ok(raw) = <[u8; 8]>::try_from(&payload[..]) else {
+                    return;
+                };
+                let raw = u64::from_le_bytes(raw);
+                if raw >> 56 != phase.number {
+                    return;
+                }
+                let idx = (raw & ((1 << 56) - 1)) as usize;
+                let Some(l) = phase.lookups.get_mut(idx) else {
+                    return;
+                };
+                if l.result.is_some() {
+                    phase.duplicates += 1;
+                } else {
+                    l.result = Some((node as u32, hops, now.0));
+                    phase.delivered += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_user(&mut self, sim: &mut Sim<E, AnyTopology>, tag: u64) {
+        match tag {
+            TAG_JOIN => {
+                let k = self.next_join;
+                self.next_join += 1;
+                let engine = (self.make)(NodeId(self.ids[k]), addr_of(k), self.seeds[k]);
+                sim.start_node(k, engine);
+                let bootstrap = if k == 0 {
+                    None
+                } else if self.joined.is_empty() {
+                    Some(0)
+                } else {
+                    let mut best: Option<(Duration, usize)> = None;
+                    for _ in 0..self.bootstrap_samples {
+                        let c = self.joined[self.rng.index(self.joined.len())] as usize;
+                        let d = sim.topology().latency(k, c);
+                        if best.is_none_or(|(bd, bc)| (d, c) < (bd, bc)) {
+                            best = Some((d, c));
+                        }
+                    }
+                    best.map(|(_, c)| c)
+                };
+                match bootstrap {
+                    None => sim.join(k, &[], self),
+                    Some(b) => sim.join(k, &[b], self),
+                }
+                if self.next_join < self.ids.len() {
+                    let at = Time(offset_us(self.next_join, self.join_rate));
+                    sim.schedule(at, Action::User(TAG_JOIN));
+                }
+            }
+            TAG_LOOKUP => {
+                // Only scheduled while a phase is active.
+                let Some(phase) = self.phase.as_mut() else {
+                    return;
+                };
+                let k = phase.lookups.len();
+                let src = phase.sources[self.lookup_rng.index(phase.sources.len())];
+                let key = self.lookup_rng.next_u128();
+                let now = sim.now();
+                phase.lookups.push(Lookup {
+                    src,
+                    key,
+                    issued: now.0,
+                    result: None,
+                });
+                let more = k + 1 < phase.total;
+                if more {
+                    let at = phase.start + Duration(offset_us(k + 1, self.lookup_rate));
+                    sim.schedule(at, Action::User(TAG_LOOKUP));
+                }
+                let payload = (phase.number << 56) | k as u64;
+                let payload = Bytes::copy_from_slice(&payload.to_le_bytes());
+                sim.route(src as usize, NodeId(key), payload, self);
+            }
+            _ => {}
+        }
+    }
+
+    fn stop(&self) -> bool {
+        match (self.mode, &self.phase) {
+            (Mode::Lookups, Some(p)) => p.lookups.len() == p.total && p.delivered == p.total,
+            (Mode::Build, _) => self.next_join >= self.ids.len() && self.build_done(),
+            _ => false,
+        }
+    }
+}
+
+/// The live node numerically closest to `key` (ties: smaller id).
+pub fn closest_live(sorted_ids: &[u128], key: Key) -> Option<u128> {
+    if sorted_ids.is_empty() {
+        return None;
+    }
+    let n = sorted_ids.len();
+    let p = sorted_ids.partition_point(|&x| x < key.0);
+    let a = sorted_ids[p % n];
+    let b = sorted_ids[(p + n - 1) % n];
+    Some(if key.closer(NodeId(a), NodeId(b)) {
+        a
+    } else {
+        b
+    })
+}
+
+/// `n` distinct random 128-bit ids.
+fn unique_ids(n: usize, rng: &mut Rng) -> Vec<u128> {
+    let mut ids: Vec<u128> = (0..n).map(|_| rng.next_u128()).collect();
+    loop {
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        let dup = sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
+        match dup {
+            None => return ids,
+            Some(d) => {
+                // Re-draw the later copy; astronomically rare.
+                let pos = ids.iter().rposition(|&x| x == d).unwrap_or(0);
+                ids[pos] = rng.next_u128();
+            }
+        }
+    }
+}
+
+/// Peak resident set size of this process in MiB (VmHWM), 0 if unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn progress(on: bool, wall: &std::time::Instant, now: Time, what: &str) {
+    if on {
+        eprintln!(
+            "[{:>8.2}s wall | {:>9.3}s sim] {what}",
+            wall.elapsed().as_secs_f64(),
+            now.0 as f64 / 1e6
+        );
+    }
+}
+
+/// Run the experiment with engines built by `make(id, addr, seed)`.
+pub fn run_pastry<E, F>(p: &PastryParams, make: F) -> PastryReport
+where
+    E: Engine,
+    F: FnMut(NodeId, PeerAddr, u64) -> E,
+{
+    let wall = std::time::Instant::now();
+    let n = p.nodes;
+    let mut master = Rng::new(p.seed);
+    let topo_seed = master.next_u64();
+    let net_seed = master.next_u64();
+    let mut id_rng = master.fork();
+    let mut seed_rng = master.fork();
+    let scen_rng = master.fork();
+    let lookup_rng = master.fork();
+    let mut fail_rng = master.fork();
+
+    let ids = unique_ids(n, &mut id_rng);
+    let seeds = (0..n).map(|_| seed_rng.next_u64()).collect();
+    let topo = p.topology.build(n, topo_seed);
+    let topology = topo.name().to_string();
+    let mut sim: Sim<E, AnyTopology> = Sim::new(topo, p.net.clone(), net_seed);
+    let mut sc = Scenario {
+        make,
+        ids,
+        seeds,
+        rng: scen_rng,
+        bootstrap_samples: p.bootstrap_samples.max(1),
+        join_rate: p.join_rate,
+        lookup_rate: p.lookup_rate,
+        next_join: 0,
+        joined: Vec::with_capacity(n),
+        state: vec![PENDING; n],
+        failed: 0,
+        last_joined_at: Time::ZERO,
+        phase: None,
+        lookup_rng,
+        mode: Mode::Build,
+    };
+
+    // Build by joins.
+    progress(p.progress, &wall, sim.now(), "build: joining");
+    if n > 0 {
+        sim.schedule(Time::ZERO, Action::User(TAG_JOIN));
+        let last_join = Time(offset_us(n - 1, p.join_rate));
+        sim.run_until(last_join + p.join_timeout, &mut sc);
+    }
+    let build_msgs = sim.stats().transmits;
+    let join_time_s = sc.last_joined_at.0 as f64 / 1e6;
+    progress(
+        p.progress,
+        &wall,
+        sim.now(),
+        &format!(
+            "build done: {} joined, {} failed",
+            sc.joined.len(),
+            sc.failed
+        ),
+    );
+
+    sc.mode = Mode::Never;
+    sim.run_for(p.settle, &mut sc);
+    progress(p.progress, &wall, sim.now(), "settled");
+
+    let mut members: Vec<usize> = sc.joined.iter().map(|&i| i as usize).collect();
+    members.sort_unstable();
+    let (mut rt, mut ls) = (0u64, 0u64);
+    for &i in &members {
+        if let Some(e) = sim.engine(i) {
+            rt += e.routing_table_len() as u64;
+            ls += e.leaf_set_len() as u64;
+        }
+    }
+    let denom = members.len().max(1) as f64;
+    let (rt_entries_mean, leaf_set_mean) = (rt as f64 / denom, ls as f64 / denom);
+
+    let before = run_phase(&mut sim, &mut sc, 0, p, &wall);
+    let mut failed_nodes = None;
+    let mut after_failure = None;
+    let mut after_repair = None;
+    if p.fail_fraction > 0.0 {
+        let k = ((p.fail_fraction * n as f64).floor() as usize).min(members.len());
+        // Partial Fisher–Yates over the (sorted) members.
+        let mut pool = members.clone();
+        for j in 0..k {
+            let r = j + fail_rng.index(pool.len() - j);
+            pool.swap(j, r);
+            sim.crash(pool[j]);
+        }
+        failed_nodes = Some(k);
+        let crash_time = sim.now();
+        progress(p.progress, &wall, sim.now(), &format!("crashed {k} nodes"));
+        after_failure = Some(run_phase(&mut sim, &mut sc, 1, p, &wall));
+        sim.run_until(crash_time + p.repair, &mut sc);
+        after_repair = Some(run_phase(&mut sim, &mut sc, 2, p, &wall));
+    }
+
+    let mut decode_errors = 0;
+    for i in 0..n {
+        if let Some(e) = sim.engine(i) {
+            decode_errors += e.stats().decode_errors;
+        }
+    }
+    let st = *sim.stats();
+    PastryReport {
+        nodes: n,
+        lookups: p.lookups,
+        topology,
+        seed: p.seed,
+        joined: sc.joined.len(),
+        join_failures: sc.failed,
+        join_pending: n.saturating_sub(sc.joined.len() + sc.failed),
+        join_time_s,
+        hops_mean: before.hops_mean,
+        hops_hist: before.hops_hist.clone(),
+        hops_max: before.hops_max,
+        correct_fraction: before.correct_fraction,
+        delivered_fraction: before.delivered_fraction,
+        stretch_mean: before.stretch_mean,
+        path_delay_mean_ms: before.path_delay_mean_ms,
+        duplicate_deliveries: before.duplicate_deliveries,
+        wrong_root_rank_mean: before.wrong_root_rank_mean,
+        wrong_root_rank_max: before.wrong_root_rank_max,
+        leaf_set_exact_fraction: before.leaf_set_exact_fraction,
+        rt_entries_mean,
+        leaf_set_mean,
+        join_msgs_mean: build_msgs as f64 / n.max(1) as f64,
+        msgs_total: st.transmits,
+        bytes_total: st.bytes,
+        decode_errors,
+        sim_events: st.events,
+        queue_peak: sim.queue_peak(),
+        timeouts_fired: st.timeouts_fired,
+        dropped_loss: st.dropped_loss,
+        dropped_dead: st.dropped_dead,
+        dropped_partition: st.dropped_partition,
+        sim_time_s: sim.now().0 as f64 / 1e6,
+        drain_violations: st.drain_violations,
+        timer_violations: st.timer_violations,
+        failed_nodes,
+        before: failed_nodes.map(|_| before),
+        after_failure,
+        after_repair,
+        wall_s: wall.elapsed().as_secs_f64(),
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+fn run_phase<E, F>(
+    sim: &mut Sim<E, AnyTopology>,
+    sc: &mut Scenario<F>,
+    number: u64,
+    p: &PastryParams,
+    wall: &std::time::Instant,
+) -> PhaseReport
+where
+    E: Engine,
+    F: FnMut(NodeId, PeerAddr, u64) -> E,
+{
+    let mut sources: Vec<u32> = sc
+        .joined
+        .iter()
+        .copied()
+        .filter(|&i| sim.is_alive(i as usize))
+        .collect();
+    sources.sort_unstable();
+    let mut live_ids: Vec<u128> = sources.iter().map(|&i| sc.ids[i as usize]).collect();
+    live_ids.sort_unstable();
+    let leaf_exact = leaf_set_exact(sim, &sources, &sc.ids, &live_ids, p.leaf_half);
+    let start = sim.now();
+    let total = if sources.is_empty() { 0 } else { p.lookups };
+    sc.phase = Some(Phase {
+        number,
+        start,
+        total,
+        sources,
+        live_ids,
+        lookups: Vec::with_capacity(total),
+        delivered: 0,
+        duplicates: 0,
+    });
+    sc.mode = Mode::Lookups;
+    progress(p.progress, wall, start, &format!("lookup phase {number}"));
+    if total > 0 {
+        sim.schedule(start, Action::User(TAG_LOOKUP));
+        let end = start + Duration(offset_us(total, p.lookup_rate)) + p.lookup_timeout;
+        sim.run_until(end, sc);
+    }
+    sc.mode = Mode::Never;
+    // Set just above.
+    let phase = sc.phase.take().expect("phase is active");
+    progress(
+        p.progress,
+        wall,
+        sim.now(),
+        &format!("lookup phase {number} done"),
+    );
+
+    let topo = sim.topology();
+    let mut hist: Vec<u64> = Vec::new();
+    let (mut hops_sum, mut correct, mut delay_sum) = (0u64, 0u64, 0u64);
+    let (mut wrong, mut rank_sum, mut rank_max) = (0u64, 0u64, 0u64);
+    let (mut stretch_sum, mut stretch_n) = (0.0f64, 0u64);
+    for l in &phase.lookups {
+        let Some((node, hops, at)) = l.result else {
+            continue;
+        };
+        let h = usize::from(hops);
+        if hist.len() <= h {
+            hist.resize(h + 1, 0);
+        }
+        hist[h] += 1;
+        hops_sum += u64::from(hops);
+        let got = sc.ids[node as usize];
+        match closest_live(&phase.live_ids, NodeId(l.key)) {
+            Some(want) if want == got => correct += 1,
+            Some(want) => {
+                let n = phase.live_ids.len() as u64;
+                let pos = |id: u128| phase.live_ids.binary_search(&id).map_or(n, |p| p as u64);
+                let (a, b) = (pos(want), pos(got));
+                // A deliverer outside the live set (crashed) gets rank n.
+                let rank = if b == n {
+                    n
+                } else {
+                    a.abs_diff(b).min(n - a.abs_diff(b))
+                };
+                wrong += 1;
+                rank_sum += rank;
+                rank_max = rank_max.max(rank);
+            }
+            None => {}
+        }
+        let path = at - l.issued;
+        delay_sum += path;
+        let direct = topo.latency(l.src as usize, node as usize).0;
+        if direct > 0 {
+            stretch_sum += path as f64 / direct as f64;
+            stretch_n += 1;
+        }
+    }
+    let delivered = phase.delivered as u64;
+    let dd = delivered.max(1) as f64;
+    let total_f = phase.total.max(1) as f64;
+    PhaseReport {
+        lookups: phase.total,
+        live_nodes: phase.live_ids.len(),
+        hops_mean: hops_sum as f64 / dd,
+        hops_hist: hist.iter().map(|&c| c as f64 / dd).collect(),
+        hops_max: hist.len().saturating_sub(1) as u32,
+        correct_fraction: if phase.total == 0 {
+            0.0
+        } else {
+            correct as f64 / total_f
+        },
+        delivered_fraction: if phase.total == 0 {
+            0.0
+        } else {
+            delivered as f64 / total_f
+        },
+        stretch_mean: (stretch_n > 0).then(|| stretch_sum / stretch_n as f64),
+        path_delay_mean_ms: delay_sum as f64 / dd / 1e3,
+        duplicate_deliveries: phase.duplicates,
+        wrong_root_rank_mean: rank_sum as f64 / wrong.max(1) as f64,
+        wrong_root_rank_max: rank_max,
+        leaf_set_exact_fraction: leaf_exact,
+    }
+}
+
+/// Fraction of `nodes` whose leaf set is exactly the `half` nearest live ids
+/// on each side of their own id (all other live ids when there are fewer
+/// than `2 * half`).
+fn leaf_set_exact<E: Engine, T: Topology>(
+    sim: &Sim<E, T>,
+    nodes: &[u32],
+    ids: &[u128],
+    live_ids: &[u128],
+    half: usize,
+) -> f64 {
+    if half == 0 || nodes.is_empty() {
+        return 0.0;
+    }
+    let n = live_ids.len();
+    let mut exact = 0usize;
+    let mut want: Vec<u128> = Vec::with_capacity(2 * half);
+    for &i in nodes {
+        let Some(e) = sim.engine(i as usize) else {
+            continue;
+        };
+        let me = ids[i as usize];
+        want.clear();
+        if n - 1 <= 2 * half {
+            want.extend(live_ids.iter().copied().filter(|&x| x != me));
+        } else {
+            // `me` is live, hence present.
+            let p = live_ids.binary_search(&me).unwrap_or(0);
+            for k in 1..=half {
+                want.push(live_ids[(p + k) % n]);
+                want.push(live_ids[(p + n - k) % n]);
+            }
+        }
+        want.sort_unstable();
+        want.dedup();
+        let mut got = e.leaf_set_ids();
+        got.sort_unstable();
+        got.dedup();
+        if got == want {
+            exact += 1;
+        }
+    }
+    exact as f64 / nodes.len() as f64
+}
+
+/// A human-readable summary table.
+pub fn render_table(r: &PastryReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "pastry: {} nodes, {} lookups, topology {}, seed {}",
+        r.nodes, r.lookups, r.topology, r.seed
+    );
+    let rows: [(&str, String); 14] = [
+        (
+            "joined",
+            format!(
+                "{} ({} failed, {} pending)",
+                r.joined, r.join_failures, r.join_pending
+            ),
+        ),
+        ("join time", format!("{:.3} s sim", r.join_time_s)),
+        ("join msgs / node", format!("{:.1}", r.join_msgs_mean)),
+        ("routing table entries", format!("{:.1}", r.rt_entries_mean)),
+        (
+            "leaf set size",
+            format!(
+                "{:.1} ({:.4} exact)",
+                r.leaf_set_mean, r.leaf_set_exact_fraction
+            ),
+        ),
+        (
+            "messages total",
+            format!("{} ({} bytes)", r.msgs_total, r.bytes_total),
+        ),
+        ("decode errors", r.decode_errors.to_string()),
+        (
+            "sim events",
+            format!(
+                "{} (queue peak {}, {} timeouts fired)",
+                r.sim_events, r.queue_peak, r.timeouts_fired
+            ),
+        ),
+        ("sim time", format!("{:.3} s", r.sim_time_s)),
+        ("drain violations", r.drain_violations.to_string()),
+        ("timer violations", r.timer_violations.to_string()),
+        (
+            "failed nodes",
+            r.failed_nodes.map_or("-".into(), |k| k.to_string()),
+        ),
+        ("wall", format!("{:.2} s", r.wall_s)),
+        ("peak RSS", format!("{:.1} MiB", r.peak_rss_mb)),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(s, "  {k:<24}{v}");
+    }
+    let main = PhaseReport {
+        lookups: r.lookups,
+        live_nodes: r.joined,
+        hops_mean: r.hops_mean,
+        hops_hist: r.hops_hist.clone(),
+        hops_max: r.hops_max,
+        correct_fraction: r.correct_fraction,
+        delivered_fraction: r.delivered_fraction,
+        stretch_mean: r.stretch_mean,
+        path_delay_mean_ms: r.path_delay_mean_ms,
+        duplicate_deliveries: r.duplicate_deliveries,
+        wrong_root_rank_mean: r.wrong_root_rank_mean,
+        wrong_root_rank_max: r.wrong_root_rank_max,
+        leaf_set_exact_fraction: r.leaf_set_exact_fraction,
+    };
+    let phases: Vec<(&str, &PhaseReport)> = match (&r.before, &r.after_failure, &r.after_repair) {
+        (Some(b), Some(f), Some(a)) => {
+            vec![("before", b), ("after failure", f), ("after repair", a)]
+        }
+        _ => vec![("lookups", &main)],
+    };
+    let _ = writeln!(
+        s,
+        "\n  {:<15}{:>9}{:>9}{:>9}{:>10}{:>10}{:>9}{:>11}  hops histogram",
+        "phase", "hops", "max", "stretch", "correct", "delivered", "live", "wrong rank"
+    );
+    for (name, ph) in phases {
+        // Non-zero bins only; the tail of a long histogram is elided.
+        let mut hist: Vec<String> = ph
+            .hops_hist
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f > 0.0)
+            .map(|(h, f)| format!("{h}:{f:.3}"))
+            .collect();
+        if hist.len() > 12 {
+            hist.truncate(11);
+            hist.push(format!("… max {}", ph.hops_max));
+        }
+        let _ = writeln!(
+            s,
+            "  {:<15}{:>9.3}{:>9}{:>9}{:>10.4}{:>10.4}{:>9}{:>11}  {}",
+            name,
+            ph.hops_mean,
+            ph.hops_max,
+            ph.stretch_mean.map_or("-".into(), |x| format!("{x:.3}")),
+            ph.correct_fraction,
+            ph.delivered_fraction,
+            ph.live_nodes,
+            format!("{:.1}/{}", ph.wrong_root_rank_mean, ph.wrong_root_rank_max),
+            hist.join(" ")
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute(ids: &[u128], key: u128) -> u128 {
+        let k = NodeId(key);
+        let mut best = ids[0];
+        for &x in ids {
+            if k.closer(NodeId(x), NodeId(best)) {
+                best = x;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn closest_live_matches_brute_force_including_wrap_and_ties() {
+        let mut rng = Rng::new(5);
+        for n in [1usize, 2, 3, 10, 100] {
+            let mut ids: Vec<u128> = (0..n).map(|_| rng.next_u128()).collect();
+            ids.sort_unstable();
+            for _ in 0..2000 {
+                let key = rng.next_u128();
+                assert_eq!(closest_live(&ids, NodeId(key)), Some(brute(&ids, key)));
+            }
+            // Keys right at, just beside, and across zero from members.
+            for &x in &ids {
+                for key in [x, x.wrapping_add(1), x.wrapping_sub(1), 0, u128::MAX] {
+                    assert_eq!(closest_live(&ids, NodeId(key)), Some(brute(&ids, key)));
+                }
+            }
+        }
+        // Exact tie: 10 and 20 around 15 → the smaller id wins.
+        assert_eq!(closest_live(&[10, 20], NodeId(15)), Some(10));
+        assert_eq!(closest_live(&[], NodeId(15)), None);
+    }
+
+    #[test]
+    fn unique_ids_are_unique_and_seeded() {
+        let a = unique_ids(1000, &mut Rng::new(3));
+        let b = unique_ids(1000, &mut Rng::new(3));
+        assert_eq!(a, b);
+        let mut s = a.clone();
+        s.sort_unstable();
+        s.dedup();
+        assert_eq!(s.len(), 1000);
+    }
+}

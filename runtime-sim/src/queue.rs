@@ -1,0 +1,284 @@
+//! The discrete-event queue: a monotone priority queue ordered by `(time, seq)`.
+//!
+//! `seq` is a monotonically increasing insertion counter, so events scheduled
+//! for the same instant pop in the order they were pushed. Together with
+//! seeded randomness this is what makes a run reproducible byte for byte: the
+//! queue never has to compare payloads and never meets a tie it cannot break.
+//!
+//! Implementation: a radix heap (Ahuja, Mehlhorn, Orlin & Tarjan 1990) over
+//! the time in µs. A discrete-event simulator only ever pushes times at or
+//! after the last one popped, which is exactly the radix heap's precondition;
+//! push is O(1) and each item moves down O(log time range) buckets in total,
+//! by sequential Vec appends instead of a binary heap's random sifting of
+//! whole entries. Bucket 0 holds the items due at the current minimum time
+//! and is consumed in `seq` order (sorted once when it is refilled; later
+//! pushes at that time append with larger `seq`). A push *below* the current
+//! minimum (possible only from outside the run loop, e.g. scheduling at `now`
+//! after `pop_until` looked ahead) is still correct: the heap is rebuilt
+//! around the new minimum.
+
+use alm_core::Time;
+use std::collections::VecDeque;
+
+/// Bucket of time `t` relative to `last`: 0 when equal, else 1 + index of
+/// the highest differing bit.
+#[inline]
+fn bucket(t: u64, last: u64) -> usize {
+    (64 - (t ^ last).leading_zeros()) as usize
+}
+
+struct Entry<T> {
+    time: u64,
+    seq: u64,
+    item: T,
+}
+
+/// Monotone min-queue of timed items with FIFO order among equal times.
+pub struct EventQueue<T> {
+    /// Items due exactly at `last`, in `seq` order.
+    zero: VecDeque<Entry<T>>,
+    /// Buckets 1..=64 (index 0 unused).
+    buckets: Vec<Vec<Entry<T>>>,
+    /// Bit `i` set iff bucket `i` (1..=64) is non-empty.
+    nonempty: u128,
+    /// Time every stored item is `>=`; bucket 0 holds items due exactly then.
+    last: u64,
+    len: usize,
+    peak: usize,
+    next_seq: u64,
+}
+
+impl<T> Default for EventQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> EventQueue<T> {
+    pub fn new() -> Self {
+        EventQueue {
+            zero: VecDeque::new(),
+            buckets: (0..65).map(|_| Vec::new()).collect(),
+            nonempty: 0,
+            last: 0,
+            len: 0,
+            peak: 0,
+            next_seq: 0,
+        }
+    }
+
+    #[inline]
+    fn put(&mut self, e: Entry<T>) {
+        let b = bucket(e.time, self.last);
+        if b == 0 {
+            self.zero.push_back(e);
+        } else {
+            self.buckets[b].push(e);
+            self.nonempty |= 1 << b;
+        }
+    }
+
+    /// Schedule `item` at `time`. Among items with equal `time`, earlier
+    /// pushes pop first.
+    pub fn push(&mut self, time: Time, item: T) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if time.0 < self.last {
+            self.rebase(time.0);
+        }
+        self.put(Entry {
+            time: time.0,
+            seq,
+            item,
+        });
+        self.len += 1;
+        self.peak = self.peak.max(self.len);
+    }
+
+    /// Lower `last` to `t` (below every stored time): re-bucket everything.
+    #[cold]
+    fn rebase(&mut self, t: u64) {
+        let mut all: Vec<Entry<T>> = self.zero.drain(..).collect();
+        for b in self.buckets.iter_mut() {
+            all.append(b);
+        }
+        all.sort_unstable_by_key(|e| (e.time, e.seq));
+        self.nonempty = 0;
+        self.last = t;
+        for e in all {
+            self.put(e);
+        }
+    }
+
+    /// Make bucket 0 hold the items due at the minimum time, in `seq`
+    /// order. Returns false when the queue is empty.
+    fn settle(&mut self) -> bool {
+        if !self.zero.is_empty() {
+            return true;
+        }
+        if self.nonempty == 0 {
+            return false;
+        }
+        let i = self.nonempty.trailing_zeros() as usize;
+        let mut b = std::mem::take(&mut self.buckets[i]);
+        self.nonempty &= !(1 << i);
+        // Non-empty by the mask.
+        let min = b.iter().map(|e| e.time).min().unwrap_or(self.last);
+        self.last = min;
+        for e in b.drain(..) {
+            self.put(e);
+        }
+        // Keep the allocation for reuse.
+        self.buckets[i] = b;
+        self.zero.make_contiguous().sort_unstable_by_key(|e| e.seq);
+        true
+    }
+
+    /// Time of the earliest item, if any.
+    pub fn peek_time(&mut self) -> Option<Time> {
+        if self.settle() {
+            Some(Time(self.last))
+        } else {
+            None
+        }
+    }
+
+    /// Remove and return the earliest item.
+    pub fn pop(&mut self) -> Option<(Time, T)> {
+        if !self.settle() {
+            return None;
+        }
+        let e = self.zero.pop_front()?;
+        self.len -= 1;
+        debug_assert_eq!(e.time, self.last);
+        Some((Time(e.time), e.item))
+    }
+
+    /// Remove and return the earliest item if it is due at or before `limit`.
+    pub fn pop_until(&mut self, limit: Time) -> Option<(Time, T)> {
+        match self.peek_time() {
+            Some(t) if t <= limit => self.pop(),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Largest number of items held at once.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+
+    /// Total number of pushes so far (the next sequence number).
+    pub fn pushed(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pops_in_time_order_and_fifo_among_ties() {
+        let mut q = EventQueue::new();
+        q.push(Time(30), "c");
+        q.push(Time(10), "a1");
+        q.push(Time(20), "b");
+        q.push(Time(10), "a2");
+        q.push(Time(10), "a3");
+        let order: Vec<_> = core::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(
+            order,
+            vec![
+                (Time(10), "a1"),
+                (Time(10), "a2"),
+                (Time(10), "a3"),
+                (Time(20), "b"),
+                (Time(30), "c"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pop_until_respects_the_limit() {
+        let mut q = EventQueue::new();
+        q.push(Time(5), 1);
+        q.push(Time(15), 2);
+        assert_eq!(q.pop_until(Time(10)), Some((Time(5), 1)));
+        assert_eq!(q.pop_until(Time(10)), None);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.peek_time(), Some(Time(15)));
+        assert_eq!(q.pop_until(Time(15)), Some((Time(15), 2)));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn pushes_below_a_peeked_minimum_still_pop_first() {
+        let mut q = EventQueue::new();
+        q.push(Time(100), "late");
+        assert_eq!(q.pop_until(Time(50)), None);
+        q.push(Time(50), "now");
+        q.push(Time(70), "soon");
+        assert_eq!(q.pop(), Some((Time(50), "now")));
+        assert_eq!(q.pop(), Some((Time(70), "soon")));
+        assert_eq!(q.pop(), Some((Time(100), "late")));
+        assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn matches_a_sorted_reference_under_random_interleaving() {
+        use alm_core::Rng;
+        let mut rng = Rng::new(77);
+        let mut q = EventQueue::new();
+        let mut reference: Vec<(u64, u64)> = Vec::new();
+        let mut now = 0u64;
+        let mut seq = 0u64;
+        for _ in 0..20_000 {
+            if rng.below(3) > 0 || reference.is_empty() {
+                // Mostly at or after now (the simulator's pattern), sometimes
+                // with many equal times, occasionally huge jumps.
+                let dt = match rng.below(10) {
+                    0 => 0,
+                    1 => rng.below(1 << 40),
+                    _ => rng.below(5_000),
+                };
+                q.push(Time(now + dt), seq);
+                reference.push((now + dt, seq));
+                seq += 1;
+            } else {
+                reference.sort_unstable();
+                let want = reference.remove(0);
+                let got = q.pop().map(|(t, v)| (t.0, v));
+                assert_eq!(got, Some(want));
+                now = want.0;
+            }
+            assert_eq!(q.len(), reference.len());
+        }
+        reference.sort_unstable();
+        for want in reference {
+            assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
+        }
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn many_equal_times_keep_insertion_order() {
+        let mut q = EventQueue::new();
+        // Interleave two time values; each class must come out in push order.
+        for i in 0..1000u32 {
+            q.push(Time(u64::from(i % 2)), i);
+        }
+        let out: Vec<u32> = core::iter::from_fn(|| q.pop().map(|(_, v)| v)).collect();
+        let evens: Vec<u32> = (0..1000).filter(|i| i % 2 == 0).collect();
+        let odds: Vec<u32> = (0..1000).filter(|i| i % 2 == 1).collect();
+        assert_eq!(&out[..500], &evens[..]);
+        assert_eq!(&out[500..], &odds[..]);
+    }
+}
