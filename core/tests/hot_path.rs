@@ -3,7 +3,8 @@
 //! from its parent and fans them out to its children.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use alm_core::wire::scribe::DataHeader;
 use alm_core::{Config, Event, Node, NodeId, PeerAddr, Time, Topic};
@@ -11,11 +12,20 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static ARMED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Count only the test thread's allocations (the harness allocates on
+    /// other threads while it reports).
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    ARMED.try_with(Cell::get).unwrap_or(false)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if ARMED.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: forwarding to the system allocator with the caller's layout.
@@ -26,7 +36,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if ARMED.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: as above.
@@ -106,7 +116,7 @@ fn forwarding_allocates_nothing_and_shares_the_payload() {
         out.clear();
     }
     ALLOCS.store(0, Ordering::Relaxed);
-    ARMED.store(true, Ordering::Relaxed);
+    ARMED.with(|a| a.set(true));
     let mut forwarded = 0;
     let mut delivered = 0;
     let mut shared = true;
@@ -129,7 +139,7 @@ fn forwarding_allocates_nothing_and_shares_the_payload() {
         }
         out.clear();
     }
-    ARMED.store(false, Ordering::Relaxed);
+    ARMED.with(|a| a.set(false));
     let allocs = ALLOCS.load(Ordering::Relaxed);
     assert_eq!(forwarded, 200, "two children per packet");
     assert_eq!(delivered, 100);
@@ -216,12 +226,12 @@ fn middleware_paths_allocate_nothing_per_packet() {
         run(&mut mw, p);
     }
     ALLOCS.store(0, Ordering::Relaxed);
-    ARMED.store(true, Ordering::Relaxed);
+    ARMED.with(|a| a.set(true));
     let mut written = 0;
     for p in packets.drain(..) {
         written += run(&mut mw, p);
     }
-    ARMED.store(false, Ordering::Relaxed);
+    ARMED.with(|a| a.set(false));
     assert_eq!(written, 200, "every packet reaches the TAP");
     assert_eq!(
         ALLOCS.load(Ordering::Relaxed),
