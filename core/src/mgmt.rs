@@ -600,8 +600,17 @@ impl Mgmt {
                 self.events
                     .push_back(MgmtEvent::AddressAllocated { addr, lease_until });
             }
-            // Conflict, full store, timeout: that address is out for this
-            // round (bounded work), try another.
+            // A claim that timed out may still have been stored (its reply
+            // was lost, or a later retry committed it): give it back, so
+            // we never hold an address we do not use.
+            Err(DhtError::Timeout { .. }) => {
+                let op = Op::Release { owner: p.me().id };
+                let rid = dht.request(now, p, addr_name(pool.addr(host)), op);
+                self.pending.insert(rid, Pending::Ignore);
+                self.pump(now, dht, p);
+            }
+            // Conflict, full store: that address is out for this round
+            // (bounded work), try another.
             Ok(_) | Err(_) => self.pump(now, dht, p),
         }
     }

@@ -26,4 +26,38 @@ pub struct Stats {
     pub peers_declared_dead: u64,
     /// Application lookups delivered here.
     pub lookups_delivered: u64,
+    // ----- DHT of the management ring (`crate::dht`) -----
+    /// DHT requests that reached us as the responsible node.
+    pub dht_requests_served: u64,
+    /// Records we started holding as a replica (or by a hand-off).
+    pub dht_replicas_stored: u64,
+    /// Records pushed to another node after a leaf-set change or by the
+    /// periodic anti-entropy refresh.
+    pub dht_handoffs_sent: u64,
+    /// Our DHT requests sent again after `request_timeout`.
+    pub dht_retries: u64,
+    /// Our DHT requests given up (`DhtError::Timeout`).
+    pub dht_timeouts: u64,
+    /// Records refused because the store was full.
+    pub dht_store_full: u64,
+    /// Records dropped because their lease ran out.
+    pub dht_expired: u64,
+    /// Undecodable or inconsistent routed DHT requests.
+    pub dht_malformed: u64,
+    /// Replies to DHT requests we no longer wait for.
+    pub dht_late_replies: u64,
+    /// Rounds in which, as responsible node, we asked our neighbours for a
+    /// record we held no copy of before answering.
+    pub dht_fetches: u64,
+    /// Records learnt from such a round (we were missing them).
+    pub dht_fetch_adopted: u64,
+    /// Writes refused because a replica held a conflicting live record.
+    pub dht_write_conflicts: u64,
+    /// Writes rolled back: too few replicas acknowledged them in time.
+    pub dht_write_aborts: u64,
+    /// Proposals we refused as a replica (we held a conflicting record).
+    pub dht_proposals_rejected: u64,
+    /// Requests dropped because too many waited for one key (the requester
+    /// retries).
+    pub dht_queue_full: u64,
 }

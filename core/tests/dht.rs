@@ -130,25 +130,66 @@ impl Net {
     }
 
     fn join_all(&mut self, spacing: Duration) {
+        let n = self.nodes.len();
+        self.join_first(n, spacing);
+    }
+
+    /// Join nodes `0..n` (the others stay out, for later joins).
+    fn join_first(&mut self, n: usize, spacing: Duration) {
         self.nodes[0].join_overlay(self.now, &[]);
         self.drain(0);
-        for i in 1..self.nodes.len() {
+        for i in 1..n {
             self.settle(spacing);
-            let mut best = 0;
-            for _ in 0..8 {
-                let c = self.rng.index(i);
-                if self.nodes[c].is_joined() && self.latency(i, c) < self.latency(i, best) {
-                    best = c;
-                }
-            }
-            let now = self.now;
-            self.nodes[i].join_overlay(now, &[addr(best)]);
-            self.drain(i);
+            self.join_one(i, i);
         }
         self.settle(Duration::from_secs(40));
-        for (i, n) in self.nodes.iter().enumerate() {
+        for (i, n) in self.nodes.iter().enumerate().take(n) {
             assert!(n.is_joined(), "node {i} did not join");
         }
+    }
+
+    /// Start node `i`'s join through the nearest of a few joined nodes
+    /// among `0..among`.
+    fn join_one(&mut self, i: usize, among: usize) {
+        let mut best = 0;
+        for _ in 0..8 {
+            let c = self.rng.index(among);
+            if self.alive[c]
+                && self.nodes[c].is_joined()
+                && self.latency(i, c) < self.latency(i, best)
+            {
+                best = c;
+            }
+        }
+        let now = self.now;
+        self.nodes[i].join_overlay(now, &[addr(best)]);
+        self.drain(i);
+    }
+
+    /// Give node `i` (not yet joined) the id `id`.
+    fn set_id(&mut self, i: usize, id: NodeId, cfg: &Config) {
+        let seed = self.rng.next_u64();
+        self.nodes[i] = Node::new(cfg.clone(), id, addr(i), seed);
+    }
+
+    /// Run until `cond` holds (checked after every event) or `limit` passes.
+    fn run_until_cond(&mut self, limit: Duration, cond: impl Fn(&Net) -> bool) -> bool {
+        let until = self.now + limit;
+        while self.now < until {
+            if cond(self) {
+                return true;
+            }
+            let next_msg = self.queue.peek().map(|Reverse((t, ..))| *t);
+            let t = next_msg
+                .into_iter()
+                .chain(self.next_timer().map(|(t, _)| t))
+                .min()
+                .unwrap_or(until)
+                .min(until);
+            // One instant at a time.
+            self.run_until(t);
+        }
+        cond(self)
     }
 
     fn closest_live(&self, key: NodeId) -> usize {
@@ -694,4 +735,203 @@ fn the_group_directory_lists_announced_groups() {
         })
         .unwrap();
     assert_eq!(listed, vec![g1], "g1 is still refreshed by nodes 3 and 6");
+}
+
+/// The owner of every successful claim among `claims` (node, request, key),
+/// by key; panics if a key has two.
+fn owners_by_key(net: &Net, claims: &[(usize, u64, String)]) -> Vec<(String, usize)> {
+    let mut owners: Vec<(String, usize)> = Vec::new();
+    for (i, req, key) in claims {
+        if let Some(Ok(DhtReply::Stored { .. })) = net.result(*i, *req) {
+            match owners.iter().find(|(k, _)| k == key) {
+                Some((_, o)) => assert_eq!(*o, *i, "{key}: two live owners, {o} and {i}"),
+                None => owners.push((key.clone(), *i)),
+            }
+        }
+    }
+    owners
+}
+
+/// A node joining right next to a held key becomes its responsible node
+/// before the old root's copy reaches it. Claims made at that moment, by
+/// the joiner itself (delivered locally, at once) and by others, must all
+/// see the holder's record.
+#[test]
+fn a_joiner_next_to_a_held_key_never_grants_it_again() {
+    let cfg = Config::default();
+    let mut net = Net::new(61, 109);
+    net.join_first(60, Duration::from_millis(10));
+    let held = net.put(1, "held", "one", Duration::from_secs(60));
+    net.settle(Duration::from_secs(3));
+    assert!(matches!(
+        net.result(1, held),
+        Some(Ok(DhtReply::Stored { .. }))
+    ));
+    let owner = net.nodes[1].id();
+    let j = 60;
+    net.set_id(j, ring_key("held"), &cfg);
+    net.join_one(j, 60);
+    assert!(net.run_until_cond(Duration::from_secs(10), |n| n.nodes[j].is_joined()));
+    let mut claims = vec![(j, net.put(j, "held", "joiner", Duration::from_secs(60)))];
+    for _ in 0..4 {
+        let c = net.live_other_than(&[1, j]);
+        claims.push((c, net.put(c, "held", "other", Duration::from_secs(60))));
+    }
+    for _ in 0..50 {
+        net.settle(Duration::from_millis(20));
+        let c = net.live_other_than(&[1]);
+        claims.push((c, net.put(c, "held", "late", Duration::from_secs(60))));
+    }
+    net.settle(Duration::from_secs(10));
+    for (i, req) in &claims {
+        let r = net.result(*i, *req);
+        assert!(
+            matches!(r, Some(Err(DhtError::Conflict { owner: o, .. })) if o == owner),
+            "claim by {i}: {r:?}"
+        );
+    }
+    let g = net.get(5, "held");
+    let r = net.on(1, |n, now| {
+        n.dht_renew(now, b"test", b"held", Duration::from_secs(60))
+    });
+    net.settle(Duration::from_secs(2));
+    assert_eq!(net.value_of(5, g).as_deref(), Some("one"));
+    assert!(matches!(
+        net.result(1, r),
+        Some(Ok(DhtReply::Renewed { .. }))
+    ));
+}
+
+/// The old root crashes at the very instant a node joins between it and
+/// the key; at that same instant two nodes claim the key through different
+/// paths (the joiner locally, another through the overlay), and a second,
+/// never-claimed key is contested the same way.
+#[test]
+fn a_root_crash_during_a_handover_grants_nothing_twice() {
+    let cfg = Config::default();
+    let mut net = Net::new(62, 110);
+    net.join_first(60, Duration::from_millis(10));
+    let held = net.put(2, "crash-held", "two", Duration::from_secs(60));
+    net.settle(Duration::from_secs(3));
+    assert!(matches!(
+        net.result(2, held),
+        Some(Ok(DhtReply::Stored { .. }))
+    ));
+    let owner = net.nodes[2].id();
+    for (j, key) in [(60, "crash-held"), (61, "crash-fresh")] {
+        let old_root = net.closest_live(ring_key(key));
+        net.set_id(j, NodeId(ring_key(key).0.wrapping_add(1)), &cfg);
+        net.join_one(j, 60);
+        assert!(net.run_until_cond(Duration::from_secs(10), |n| n.nodes[j].is_joined()));
+        if old_root != 2 {
+            net.alive[old_root] = false;
+        }
+        let other = net.live_other_than(&[2, j]);
+        let ra = net.put(j, key, "joiner", Duration::from_secs(60));
+        let rb = net.put(other, key, "other", Duration::from_secs(60));
+        net.settle(Duration::from_secs(12));
+        let (a, b) = (net.result(j, ra), net.result(other, rb));
+        if key == "crash-held" {
+            for r in [&a, &b] {
+                assert!(
+                    matches!(r, Some(Err(DhtError::Conflict { owner: o, .. })) if *o == owner),
+                    "{r:?}"
+                );
+            }
+        } else {
+            let won = [&a, &b]
+                .iter()
+                .filter(|r| matches!(r, Some(Ok(DhtReply::Stored { .. }))))
+                .count();
+            assert_eq!(won, 1, "{a:?} / {b:?}");
+        }
+    }
+    let g = net.get(7, "crash-held");
+    net.settle(Duration::from_secs(3));
+    assert_eq!(net.value_of(7, g).as_deref(), Some("two"));
+}
+
+/// 100 nodes join in one second, many of them right next to the keys,
+/// while 50 claims a second run on 20 keys: never two live owners.
+#[test]
+fn claims_during_a_burst_of_joins_never_yield_two_owners() {
+    assert_eq!(burst_of_joins(111), 0);
+}
+
+/// More seeds of the test above (`cargo test --release -- --ignored`).
+/// Never two owners; a responsible node that answers with a stale
+/// (never committed) record is counted, not failed: see the DHT module
+/// docs, "Known limits".
+#[test]
+#[ignore]
+fn soak_claims_during_bursts_of_joins() {
+    let stale: usize = (1..=20).map(burst_of_joins).sum();
+    assert!(stale <= 2, "{stale} roots disagree with the winner");
+}
+
+/// Returns how many keys' responsible node holds another record than the
+/// winner's (panics on two owners).
+fn burst_of_joins(seed: u64) -> usize {
+    let cfg = Config::default();
+    let (old, new) = (300, 100);
+    let mut net = Net::new(old + new, seed);
+    net.join_first(old, Duration::from_millis(5));
+    let keys: Vec<String> = (0..20).map(|k| format!("burst-{k}")).collect();
+    for j in 0..new {
+        let near = ring_key(&keys[j % keys.len()]).0;
+        let off = u128::from(net.rng.next_u64()) << 50;
+        let id = if j % 2 == 0 {
+            near.wrapping_add(off)
+        } else {
+            near.wrapping_sub(off)
+        };
+        net.set_id(old + j, NodeId(id), &cfg);
+    }
+    let mut claims = Vec::new();
+    let mut claimed = vec![false; new];
+    for step in 0..150 {
+        // A join every 10 ms for the first second; a claim every 20 ms for
+        // three seconds; and every joiner claims the key it sits next to as
+        // soon as it is in (as `allocate_address` queued before the join
+        // does).
+        if step < new {
+            net.join_one(old + step, old);
+        }
+        for j in 0..new {
+            if !claimed[j] && net.nodes[old + j].is_joined() {
+                claimed[j] = true;
+                let key = keys[j % keys.len()].clone();
+                let req = net.put(old + j, &key, "joiner", Duration::from_secs(120));
+                claims.push((old + j, req, key));
+            }
+        }
+        if step % 2 == 0 {
+            let i = net.live_other_than(&[]);
+            if net.nodes[i].is_joined() {
+                let key = keys[net.rng.index(keys.len())].clone();
+                let req = net.put(i, &key, "mine", Duration::from_secs(120));
+                claims.push((i, req, key));
+            }
+        }
+        net.settle(Duration::from_millis(10));
+    }
+    net.settle(Duration::from_secs(15));
+    let owners = owners_by_key(&net, &claims);
+    assert!(owners.len() >= 15, "only {} keys claimed", owners.len());
+    // The responsible node answers with the single winner's record.
+    let mut stale = 0;
+    for (key, o) in &owners {
+        let name = alm_core::wire::dht::RecordName {
+            namespace: Bytes::from_static(b"test"),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            bucket: None,
+        };
+        let root = net.closest_live(ring_key(key));
+        let rec = net.nodes[root].dht().local(net.now, &name);
+        if rec.as_ref().map(|r| r.owner) != Some(net.nodes[*o].id()) {
+            eprintln!("seed {seed}: {key} at its root {root}: {rec:?}");
+            stale += 1;
+        }
+    }
+    stale
 }

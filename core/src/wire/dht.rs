@@ -45,14 +45,32 @@
 //! reply carries the record without its value; a Conflict the record that
 //! won; a Get the record; a List the bucket's records.
 //!
-//! **Replicate** (0x59, from the responsible node to a replica, or handed to
-//! a new responsible node): write id (8; 0 for a hand-off that needs no
-//! acknowledgement), namespace, key and bucket as in a request, owner (16),
-//! version (8), lease ms left (4; 0 means the record was released), age ms
-//! (4), value length (2) and value.
+//! **Replicate** (0x59): write id (8; 0 unless an acknowledgement is
+//! wanted), kind (1: 1 proposal of a write by a responsible node, answered
+//! by a ReplicateAck; 2 hand-off or anti-entropy push, applied only if it
+//! does not contradict the receiver's copy; 3 abort of a proposal), base
+//! version (8: for a proposal, the version the write replaced, 0 if it
+//! created the record; for an abort, the aborted version), namespace, key
+//! and bucket as in a request, owner (16), version (8), lease ms left (4; 0
+//! means released, or for an abort "no record"), age ms (4), value length
+//! (2) and value. An abort carries the record as it was before the aborted
+//! proposal.
 //!
-//! **ReplicateAck** (0x5a): write id (8), stored (1: 1 stored, 0 refused
-//! because the replica's store is full).
+//! **ReplicateAck** (0x5a): write id (8), result (1: 0 refused because the
+//! replica's store is full, 1 stored, 2 conflict), then for a conflict the
+//! live record the replica holds (as in a reply).
+//!
+//! **Fetch** (0x5b, from a node about to answer for a key it holds no
+//! record of, to its leaf-set neighbours around the key): fetch id (8),
+//! namespace, key and bucket.
+//!
+//! **Fetched** (0x5c): fetch id (8), record count (1: 0 or 1), the live
+//! record held (as in a reply).
+//!
+//! Versions are `lineage << 24 | sequence`: a record created afresh gets a
+//! random 40-bit lineage (never 0) and sequence 1, and every put of it adds
+//! one to the sequence. So a version is never 0 nor `u64::MAX`, and two
+//! versions of one lineage are ordered.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -67,6 +85,13 @@ pub const LIST: u8 = 0x54;
 pub const REPLY: u8 = 0x58;
 pub const REPLICATE: u8 = 0x59;
 pub const REPLICATE_ACK: u8 = 0x5a;
+pub const FETCH: u8 = 0x5b;
+pub const FETCHED: u8 = 0x5c;
+
+/// Kinds of a Replicate.
+pub const REP_PROPOSE: u8 = 1;
+pub const REP_HANDOFF: u8 = 2;
+pub const REP_ABORT: u8 = 3;
 
 /// Pastry service number of routed DHT requests.
 pub const SERVICE_DHT: u8 = 5;
@@ -348,10 +373,15 @@ const MIN_RECORD_LEN: usize = 1 + 16 + 8 + 4 + 4 + 2;
 /// Reply flag: the List reply left records out.
 pub const REPLY_TRUNCATED: u8 = 1;
 
-/// Replication of one record to a replica (or a hand-off).
+/// Replication of one record to a replica (or a hand-off, or an abort).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replicate {
     pub write: u64,
+    /// [`REP_PROPOSE`], [`REP_HANDOFF`] or [`REP_ABORT`].
+    pub kind: u8,
+    /// Proposal: the version the write replaced (0: created). Abort: the
+    /// aborted version.
+    pub base: u64,
     pub name: RecordName,
     pub owner: NodeId,
     pub version: u64,
@@ -373,8 +403,26 @@ pub enum Direct {
     Replicate(Replicate),
     ReplicateAck {
         write: u64,
-        stored: bool,
+        result: AckResult,
     },
+    Fetch {
+        fetch: u64,
+        name: RecordName,
+    },
+    Fetched {
+        fetch: u64,
+        record: Option<WireRecord>,
+    },
+}
+
+/// A replica's answer to a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckResult {
+    /// The replica's store is full.
+    Refused,
+    Stored,
+    /// The replica holds this live record, which the proposal contradicts.
+    Conflict(WireRecord),
 }
 
 impl Direct {
@@ -383,6 +431,8 @@ impl Direct {
             Direct::Reply { .. } => REPLY,
             Direct::Replicate(_) => REPLICATE,
             Direct::ReplicateAck { .. } => REPLICATE_ACK,
+            Direct::Fetch { .. } => FETCH,
+            Direct::Fetched { .. } => FETCHED,
         }
     }
 
@@ -415,6 +465,11 @@ impl Direct {
             }
             REPLICATE => Direct::Replicate(Replicate {
                 write: r.u64()?,
+                kind: match r.u8()? {
+                    k @ (REP_PROPOSE | REP_HANDOFF | REP_ABORT) => k,
+                    _ => return Err(Error::Malformed),
+                },
+                base: r.u64()?,
                 name: RecordName::parse(&mut r)?,
                 owner: r.node_id()?,
                 version: r.u64()?,
@@ -424,9 +479,22 @@ impl Direct {
             }),
             REPLICATE_ACK => Direct::ReplicateAck {
                 write: r.u64()?,
-                stored: match r.u8()? {
-                    0 => false,
-                    1 => true,
+                result: match r.u8()? {
+                    0 => AckResult::Refused,
+                    1 => AckResult::Stored,
+                    2 => AckResult::Conflict(WireRecord::parse(&mut r)?),
+                    _ => return Err(Error::Malformed),
+                },
+            },
+            FETCH => Direct::Fetch {
+                fetch: r.u64()?,
+                name: RecordName::parse(&mut r)?,
+            },
+            FETCHED => Direct::Fetched {
+                fetch: r.u64()?,
+                record: match r.u8()? {
+                    0 => None,
+                    1 => Some(WireRecord::parse(&mut r)?),
                     _ => return Err(Error::Malformed),
                 },
             },
@@ -447,9 +515,16 @@ impl Direct {
                         .sum::<usize>()
                 }
                 Direct::Replicate(r) => {
-                    8 + r.name.buffer_len() + 16 + 8 + 4 + 4 + 2 + r.value.len()
+                    8 + 1 + 8 + r.name.buffer_len() + 16 + 8 + 4 + 4 + 2 + r.value.len()
                 }
-                Direct::ReplicateAck { .. } => 9,
+                Direct::ReplicateAck { result, .. } => {
+                    9 + match result {
+                        AckResult::Conflict(rec) => rec.buffer_len(),
+                        _ => 0,
+                    }
+                }
+                Direct::Fetch { name, .. } => 8 + name.buffer_len(),
+                Direct::Fetched { record, .. } => 9 + record.as_ref().map_or(0, |r| r.buffer_len()),
             }
     }
 
@@ -474,6 +549,8 @@ impl Direct {
             }
             Direct::Replicate(r) => {
                 out.put_u64(r.write);
+                out.put_u8(r.kind);
+                out.put_u64(r.base);
                 r.name.emit(&mut out);
                 out.put_slice(&r.owner.to_be_bytes());
                 out.put_u64(r.version);
@@ -481,9 +558,30 @@ impl Direct {
                 out.put_u32(r.age_ms);
                 put_value(&mut out, &r.value);
             }
-            Direct::ReplicateAck { write, stored } => {
+            Direct::ReplicateAck { write, result } => {
                 out.put_u64(*write);
-                out.put_u8(u8::from(*stored));
+                match result {
+                    AckResult::Refused => out.put_u8(0),
+                    AckResult::Stored => out.put_u8(1),
+                    AckResult::Conflict(rec) => {
+                        out.put_u8(2);
+                        rec.emit(&mut out);
+                    }
+                }
+            }
+            Direct::Fetch { fetch, name } => {
+                out.put_u64(*fetch);
+                name.emit(&mut out);
+            }
+            Direct::Fetched { fetch, record } => {
+                out.put_u64(*fetch);
+                match record {
+                    None => out.put_u8(0),
+                    Some(rec) => {
+                        out.put_u8(1);
+                        rec.emit(&mut out);
+                    }
+                }
             }
         }
         out.freeze()
@@ -573,6 +671,8 @@ mod tests {
             },
             Direct::Replicate(Replicate {
                 write: 5,
+                kind: REP_PROPOSE,
+                base: 77,
                 name: name(Some(2)),
                 owner: NodeId(1),
                 version: 2,
@@ -580,9 +680,40 @@ mod tests {
                 age_ms: 99,
                 value: Bytes::from_static(b"xyz"),
             }),
+            Direct::Replicate(Replicate {
+                write: 0,
+                kind: REP_ABORT,
+                base: 1,
+                name: name(None),
+                owner: NodeId(0),
+                version: 0,
+                lease_ms: 0,
+                age_ms: 0,
+                value: Bytes::new(),
+            }),
             Direct::ReplicateAck {
                 write: 6,
-                stored: true,
+                result: AckResult::Stored,
+            },
+            Direct::ReplicateAck {
+                write: 7,
+                result: AckResult::Refused,
+            },
+            Direct::ReplicateAck {
+                write: 8,
+                result: AckResult::Conflict(rec.clone()),
+            },
+            Direct::Fetch {
+                fetch: 9,
+                name: name(Some(1)),
+            },
+            Direct::Fetched {
+                fetch: 10,
+                record: None,
+            },
+            Direct::Fetched {
+                fetch: 11,
+                record: Some(rec.clone()),
             },
         ] {
             let b = d.to_bytes(NodeId(42));
@@ -636,6 +767,41 @@ mod tests {
         assert_eq!(Direct::parse(REPLY, &reply).unwrap_err(), Error::Truncated);
         reply[last] = 33;
         assert_eq!(Direct::parse(REPLY, &reply).unwrap_err(), Error::Malformed);
+    }
+
+    #[test]
+    fn unknown_replicate_kinds_and_ack_results_are_malformed() {
+        let rep = Direct::Replicate(Replicate {
+            write: 1,
+            kind: REP_HANDOFF,
+            base: 0,
+            name: name(None),
+            owner: NodeId(1),
+            version: 1,
+            lease_ms: 1,
+            age_ms: 0,
+            value: Bytes::new(),
+        });
+        let mut b = rep.to_bytes(NodeId(2)).to_vec();
+        b[HEADER_LEN + 8] = 9;
+        assert_eq!(Direct::parse(REPLICATE, &b).unwrap_err(), Error::Malformed);
+        let ack = Direct::ReplicateAck {
+            write: 1,
+            result: AckResult::Stored,
+        };
+        let mut b = ack.to_bytes(NodeId(2)).to_vec();
+        b[HEADER_LEN + 8] = 3;
+        assert_eq!(
+            Direct::parse(REPLICATE_ACK, &b).unwrap_err(),
+            Error::Malformed
+        );
+        let f = Direct::Fetched {
+            fetch: 1,
+            record: None,
+        };
+        let mut b = f.to_bytes(NodeId(2)).to_vec();
+        b[HEADER_LEN + 8] = 2;
+        assert_eq!(Direct::parse(FETCHED, &b).unwrap_err(), Error::Malformed);
     }
 
     #[test]
