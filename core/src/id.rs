@@ -38,9 +38,17 @@ impl NodeId {
 
     /// The `i`-th digit (most significant first) in base 2^`b`.
     /// `b` must divide 128 and be at most 8 (checked by `Config::validate`).
+    /// Digits past the end read as 0 rather than panicking.
     #[inline]
     pub fn digit(self, i: usize, b: u32) -> usize {
-        let shift = Self::BITS - b * (i as u32 + 1);
+        let Some(shift) = u32::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_add(1))
+            .and_then(|n| n.checked_mul(b))
+            .and_then(|bits| Self::BITS.checked_sub(bits))
+        else {
+            return 0;
+        };
         ((self.0 >> shift) & ((1u128 << b) - 1)) as usize
     }
 
@@ -127,6 +135,10 @@ mod tests {
         assert_eq!(id.digit(0, 8), 0x12);
         assert_eq!(id.digit(0, 1), 0);
         assert_eq!(NodeId(TOP).digit(0, 1), 1);
+        // Past the last digit: 0, not a panic.
+        assert_eq!(id.digit(32, 4), 0);
+        assert_eq!(id.digit(usize::MAX, 4), 0);
+        assert_eq!(id.digit(u32::MAX as usize, 4), 0);
     }
 
     #[test]

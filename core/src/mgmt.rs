@@ -65,6 +65,13 @@ pub struct MgmtConfig {
     pub prefix_len: u8,
     pub address_lease: Duration,
     pub address_renew: Duration,
+    /// A won claim is confirmed this many times, this far apart, by a
+    /// renewal (a majority write) before the address is reported: a claim
+    /// won while the ring was still settling (many nodes joining at once,
+    /// two nodes both believing they hold the key) loses its confirmation
+    /// and is never used.
+    pub address_confirm: Duration,
+    pub address_confirmations: u8,
     /// Random claims before scanning the pool in parallel.
     pub random_attempts: u32,
     /// Claims in flight while scanning.
@@ -82,6 +89,8 @@ impl Default for MgmtConfig {
             prefix_len: 20,
             address_lease: Duration::from_secs(60),
             address_renew: Duration::from_secs(20),
+            address_confirm: Duration::from_secs(2),
+            address_confirmations: 2,
             random_attempts: 16,
             scan_parallel: 8,
             group_buckets: 8,
@@ -197,6 +206,14 @@ enum Alloc {
         attempts: u32,
         inflight: BTreeMap<u64, u32>,
     },
+    /// Won a claim; confirming it before reporting it.
+    Confirming {
+        pool: Pool,
+        addr: Ipv4Addr,
+        lease_until: Time,
+        confirm_at: Time,
+        left: u8,
+    },
     Holding {
         pool: Pool,
         addr: Ipv4Addr,
@@ -213,6 +230,7 @@ enum Pending {
     Surplus(Ipv4Addr),
     Renew(Ipv4Addr),
     Reclaim(Ipv4Addr),
+    Confirm(Ipv4Addr),
     Ignore,
     List(u64),
 }
@@ -277,7 +295,10 @@ impl Mgmt {
 
     /// Whether an allocation is under way (queued or claiming).
     pub fn is_allocating(&self) -> bool {
-        matches!(self.alloc, Alloc::Queued(_) | Alloc::Claiming { .. })
+        matches!(
+            self.alloc,
+            Alloc::Queued(_) | Alloc::Claiming { .. } | Alloc::Confirming { .. }
+        )
     }
 
     // ----- addresses ------------------------------------------------------
@@ -370,7 +391,7 @@ impl Mgmt {
     /// Release our address (clean exit), or abandon an allocation under way.
     pub fn release(&mut self, now: Time, dht: &mut Dht, p: &mut Pastry) {
         match std::mem::replace(&mut self.alloc, Alloc::Idle) {
-            Alloc::Holding { addr, .. } => {
+            Alloc::Holding { addr, .. } | Alloc::Confirming { addr, .. } => {
                 let id = dht.request(now, p, addr_name(addr), Op::Release { owner: p.me().id });
                 self.pending.insert(id, Pending::Ignore);
             }
@@ -484,6 +505,7 @@ impl Mgmt {
         };
         match what {
             Pending::Claim => self.on_claim(now, dht, p, id, res),
+            Pending::Confirm(addr) => self.on_confirm(now, dht, p, addr, res),
             Pending::Surplus(addr) => {
                 if let Ok(DhtReply::Stored { .. }) = res {
                     let op = Op::Release { owner: p.me().id };
@@ -588,17 +610,18 @@ impl Mgmt {
                     self.pending.insert(other, Pending::Surplus(pool.addr(h)));
                 }
                 let addr = pool.addr(host);
-                let renew_at = now + self.cfg.address_renew;
-                self.alloc = Alloc::Holding {
+                let confirm_at = now + self.cfg.address_confirm;
+                self.alloc = Alloc::Confirming {
                     pool,
                     addr,
                     lease_until,
-                    renew_at,
+                    confirm_at,
+                    left: self.cfg.address_confirmations,
                 };
-                p.set_timer(renew_at, TimerKind::Service(MGMT_TIMER));
-                tracing::info!(%addr, "address allocated");
-                self.events
-                    .push_back(MgmtEvent::AddressAllocated { addr, lease_until });
+                p.set_timer(confirm_at, TimerKind::Service(MGMT_TIMER));
+                if self.cfg.address_confirmations == 0 {
+                    self.hold(now, p);
+                }
             }
             // A claim that timed out may still have been stored (its reply
             // was lost, or a later retry committed it): give it back, so
@@ -612,6 +635,81 @@ impl Mgmt {
             // Conflict, full store: that address is out for this round
             // (bounded work), try another.
             Ok(_) | Err(_) => self.pump(now, dht, p),
+        }
+    }
+
+    /// The claim is confirmed: hold the address and report it.
+    fn hold(&mut self, now: Time, p: &mut Pastry) {
+        let Alloc::Confirming {
+            pool,
+            addr,
+            lease_until,
+            ..
+        } = self.alloc
+        else {
+            return;
+        };
+        let renew_at = now + self.cfg.address_renew;
+        self.alloc = Alloc::Holding {
+            pool,
+            addr,
+            lease_until,
+            renew_at,
+        };
+        p.set_timer(renew_at, TimerKind::Service(MGMT_TIMER));
+        tracing::info!(%addr, "address allocated");
+        self.events
+            .push_back(MgmtEvent::AddressAllocated { addr, lease_until });
+    }
+
+    /// A confirming renewal came back.
+    fn on_confirm(
+        &mut self,
+        now: Time,
+        dht: &mut Dht,
+        p: &mut Pastry,
+        addr: Ipv4Addr,
+        res: Result<DhtReply, DhtError>,
+    ) {
+        let Alloc::Confirming {
+            pool,
+            addr: held,
+            lease_until,
+            confirm_at,
+            left,
+        } = &mut self.alloc
+        else {
+            return;
+        };
+        if *held != addr {
+            return;
+        }
+        let pool = *pool;
+        match res {
+            Ok(DhtReply::Renewed { lease_until: l } | DhtReply::Stored { lease_until: l, .. }) => {
+                *lease_until = l;
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.hold(now, p);
+                } else {
+                    *confirm_at = now + self.cfg.address_confirm;
+                    p.set_timer(*confirm_at, TimerKind::Service(MGMT_TIMER));
+                }
+            }
+            Err(DhtError::NotOwner | DhtError::Conflict { .. } | DhtError::NotFound) => {
+                // Someone else's claim won once the ring settled: that
+                // address was never ours to use. Claim another.
+                tracing::debug!(%addr, "claim lost its confirmation; claiming another address");
+                let op = Op::Release { owner: p.me().id };
+                let rid = dht.request(now, p, addr_name(addr), op);
+                self.pending.insert(rid, Pending::Ignore);
+                self.start(now, dht, p, pool);
+            }
+            // Timeout or a transient error: confirm again shortly.
+            Ok(_) | Err(_) => {
+                *confirm_at = now + self.cfg.address_confirm;
+                p.set_timer(*confirm_at, TimerKind::Service(MGMT_TIMER));
+            }
         }
     }
 
@@ -629,6 +727,21 @@ impl Mgmt {
     /// The management timer fired: renew our address, refresh our groups.
     /// Spurious calls are harmless.
     pub fn handle_tick(&mut self, now: Time, dht: &mut Dht, p: &mut Pastry) {
+        if let Alloc::Confirming {
+            addr, confirm_at, ..
+        } = &mut self.alloc
+            && *confirm_at <= now
+        {
+            let addr = *addr;
+            // Not again until this one answers (or its own retries end).
+            *confirm_at = Time::NEVER;
+            let op = Op::Renew {
+                owner: p.me().id,
+                lease_ms: dht.lease_ms(self.cfg.address_lease),
+            };
+            let id = dht.request(now, p, addr_name(addr), op);
+            self.pending.insert(id, Pending::Confirm(addr));
+        }
         if let Alloc::Holding { addr, renew_at, .. } = &mut self.alloc
             && *renew_at <= now
         {

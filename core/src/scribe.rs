@@ -922,6 +922,12 @@ impl Scribe {
 
     /// A node was declared dead by Pastry.
     pub fn peer_down(&mut self, now: Time, p: &mut Pastry, peer: NodeHandle) {
+        // An off-tree publisher sending to it must route again at once.
+        for pb in self.publishers.values_mut() {
+            if pb.contact == Some(peer.addr) {
+                pb.contact = None;
+            }
+        }
         let topics: SmallVec<[Topic; 8]> = self
             .topics
             .iter()

@@ -61,3 +61,40 @@ pub struct Stats {
     /// retries).
     pub dht_queue_full: u64,
 }
+
+impl Stats {
+    /// Every counter with its name, in declaration order: what `almd status`
+    /// prints, so a new counter shows up there without further code.
+    pub fn counters(&self) -> [(&'static str, u64); 28] {
+        [
+            ("msgs_sent", self.msgs_sent),
+            ("bytes_sent", self.bytes_sent),
+            ("msgs_received", self.msgs_received),
+            ("bytes_received", self.bytes_received),
+            ("decode_errors", self.decode_errors),
+            ("dropped_not_joined", self.dropped_not_joined),
+            ("dropped_self", self.dropped_self),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_unexpected", self.dropped_unexpected),
+            ("route_drops", self.route_drops),
+            ("reroutes", self.reroutes),
+            ("peers_declared_dead", self.peers_declared_dead),
+            ("lookups_delivered", self.lookups_delivered),
+            ("dht_requests_served", self.dht_requests_served),
+            ("dht_replicas_stored", self.dht_replicas_stored),
+            ("dht_handoffs_sent", self.dht_handoffs_sent),
+            ("dht_retries", self.dht_retries),
+            ("dht_timeouts", self.dht_timeouts),
+            ("dht_store_full", self.dht_store_full),
+            ("dht_expired", self.dht_expired),
+            ("dht_malformed", self.dht_malformed),
+            ("dht_late_replies", self.dht_late_replies),
+            ("dht_fetches", self.dht_fetches),
+            ("dht_fetch_adopted", self.dht_fetch_adopted),
+            ("dht_write_conflicts", self.dht_write_conflicts),
+            ("dht_write_aborts", self.dht_write_aborts),
+            ("dht_proposals_rejected", self.dht_proposals_rejected),
+            ("dht_queue_full", self.dht_queue_full),
+        ]
+    }
+}

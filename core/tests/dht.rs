@@ -641,7 +641,8 @@ fn a_full_pool_is_reported_fast_not_hung() {
         n.allocate_address(now, Ipv4Addr::new(10, 0, 0, 9), 29)
     })
     .unwrap();
-    net.settle(Duration::from_secs(5));
+    // Claim, then two confirmations 2 s apart (MgmtConfig::address_confirm).
+    net.settle(Duration::from_secs(10));
     assert_eq!(net.allocated(), vec![(waiter, freed)]);
     let other = ex[1].1;
     net.on(other, |n, now| {
@@ -659,7 +660,7 @@ fn a_full_pool_is_reported_fast_not_hung() {
         n.allocate_address(now, Ipv4Addr::new(10, 0, 0, 9), 29)
     })
     .unwrap();
-    net.settle(Duration::from_secs(5));
+    net.settle(Duration::from_secs(10));
     assert_eq!(net.allocated(), vec![(waiter, freed), (other, lost)]);
 }
 

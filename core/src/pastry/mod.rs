@@ -494,7 +494,9 @@ impl Pastry {
     /// ourselves (so it is alive); second-hand nodes are verified with a
     /// probe before they can matter.
     fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
-        if h.id == self.me.id {
+        // Our own id, or someone else's id at our address (forged, or a
+        // stale entry of a node that ran here before): never a peer.
+        if h.id == self.me.id || h.addr == self.me.addr {
             return;
         }
         if direct {
@@ -851,6 +853,10 @@ impl Pastry {
         }
         let b = self.cfg.b;
         let l = self.me.id.shared_prefix_len(key, b);
+        if l >= self.table.num_rows() {
+            // The key is our own id.
+            return None;
+        }
         if let Some(e) = self.table.get(l, key.digit(l, b))
             && !avoid.contains(&e.handle.id)
         {
