@@ -1,0 +1,725 @@
+//! `almd run`: one mio `Poll`, one thread, everything non-blocking.
+//!
+//! Sources: the UDP socket (Datagram channel), the TCP listener and per-peer
+//! connections (Stream channel, see [`crate::stream`]), the TAP fd, the
+//! control socket, and a signalfd for SIGINT/SIGTERM. Timers: the poll
+//! timeout is the engine's `poll_timeout() - now`.
+//!
+//! **Drain rule.** After every input handed to the engine (one datagram, one
+//! TAP frame, one stream message, a timeout, a peer failure) the loop drains
+//! `poll_transmit`, `poll_tap_frame` and `poll_event` until each is `None`.
+//!
+//! **Fairness.** mio is edge-triggered, so a readable source must be read
+//! until `WouldBlock` — but at most [`UDP_BUDGET`] datagrams and
+//! [`TAP_BUDGET`] frames per pass; a source cut off by its budget stays
+//! marked pending and the next `poll` does not sleep, so timers, the
+//! control socket, signals and the other sources get their turn.
+//!
+//! **Hot path.** Datagrams and TAP frames are received into one large
+//! `BytesMut` block and split off as frozen `Bytes` (a new block only when
+//! the current one runs low: one allocation per ~850 packets). Transmits go
+//! out with `sendmsg` of two iovecs (inline header, shared body) and TAP
+//! frames with `writev` of (Ethernet header, packet): no payload copy. A
+//! full UDP send buffer or a TAP that would block drops the packet and
+//! counts it (the data path is best effort).
+//!
+//! **Shutdown.** On the first SIGINT/SIGTERM the engine leaves every tree
+//! (`shutdown`), the TAP is no longer read, and the loop keeps running for
+//! [`SHUTDOWN_FLUSH`] so the leaves and their retries go out; then it returns.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration as StdDuration, Instant};
+
+use bytes::BytesMut;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use alm_core::{
+    Channel, Config, Event, Middleware, MiddlewareConfig, Node, NodeId, PeerAddr, Time,
+};
+use alm_tap::{Tap, TapConfig};
+
+use crate::config::RunConfig;
+use crate::control::{ControlServer, DEFAULT_MAX_CLIENTS, Request};
+use crate::engine::Engine;
+use crate::status::{self, GroupNames, RuntimeStats, StatusContext, TapInfo};
+use crate::stream::{StreamEvent, Streams};
+use crate::sys::{self, RawSockAddr};
+
+/// Datagrams read per loop pass at most.
+pub const UDP_BUDGET: usize = 256;
+/// TAP frames read per loop pass at most.
+pub const TAP_BUDGET: usize = 256;
+/// Requested SO_RCVBUF / SO_SNDBUF of the UDP socket.
+pub const UDP_SOCKET_BUFFER: i32 = 4 << 20;
+/// How long the loop keeps running after a shutdown signal.
+pub const SHUTDOWN_FLUSH: StdDuration = StdDuration::from_millis(200);
+/// Size of a receive block.
+const RX_BLOCK: usize = 1 << 20;
+/// Spare room a receive needs: the largest UDP datagram.
+const RX_NEED: usize = 64 * 1024;
+
+/// Underlay overhead around a captured IPv4 packet: IPv4 + UDP headers and
+/// alm's data header.
+pub const DATA_OVERHEAD: u16 = 20 + 8 + alm_core::wire::scribe::DATA_HEADER_LEN as u16;
+
+const UDP: Token = Token(0);
+const TCP_LISTENER: Token = Token(1);
+const TAP: Token = Token(2);
+const SIGNAL: Token = Token(3);
+const CONTROL: Token = Token(16);
+const STREAM_BASE: usize = 1024;
+
+/// Why `almd run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Caused by the user's configuration or environment: one sentence
+    /// saying what to do. Exit code 2.
+    #[error("{0}")]
+    User(String),
+    /// Anything else. Exit code 1.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RunError {
+    /// The process exit code for this error.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::User(_) => 2,
+            RunError::Internal(_) => 1,
+        }
+    }
+}
+
+fn internal(what: &str) -> impl FnOnce(io::Error) -> RunError + '_ {
+    move |e| RunError::Internal(format!("{what}: {e}"))
+}
+
+/// Turns a bind error of the underlay sockets into a user-facing sentence.
+#[must_use]
+pub fn listen_error(addr: SocketAddr, proto: &str, e: &io::Error) -> RunError {
+    let msg = match e.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            "--listen {addr}: address already in use: another almd is running, or choose another port"
+        ),
+        io::ErrorKind::AddrNotAvailable => format!(
+            "--listen {addr}: no interface of this host has address {}: give one of this host's addresses",
+            addr.ip()
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "--listen {addr}: permission denied (ports below 1024 need root): choose a port of 1024 or more"
+        ),
+        _ => format!("--listen {addr}: cannot bind the {proto} socket: {e}"),
+    };
+    RunError::User(msg)
+}
+
+/// A block of receive memory that datagrams are split off.
+struct RxBlock {
+    buf: BytesMut,
+}
+
+impl RxBlock {
+    fn ensure(&mut self, stats: &mut RuntimeStats) {
+        if self.buf.capacity() - self.buf.len() < RX_NEED {
+            self.buf = BytesMut::with_capacity(RX_BLOCK);
+            stats.rx_blocks_allocated += 1;
+        }
+    }
+}
+
+/// Everything `almd run` owns.
+struct Runtime {
+    poll: Poll,
+    engine: Engine,
+    udp: mio::net::UdpSocket,
+    streams: Streams,
+    tap: Option<Tap>,
+    tap_info: Option<TapInfo>,
+    signals: OwnedFd,
+    control: ControlServer,
+    listen: SocketAddr,
+    bootstrap: Vec<SocketAddr>,
+    join_attempts: u8,
+    start: Instant,
+    rx: RxBlock,
+    stats: RuntimeStats,
+    names: GroupNames,
+    igmp_seen: u64,
+    stream_events: Vec<StreamEvent>,
+    /// Set by the drain when the engine asks us to stop (join failed).
+    fatal: Option<RunError>,
+    shutdown_at: Option<Instant>,
+}
+
+/// Runs `almd run` until a signal (Ok) or a fatal error.
+pub fn run(cfg: RunConfig) -> Result<(), RunError> {
+    let mut rt = Runtime::new(cfg)?;
+    rt.run()
+}
+
+impl Runtime {
+    fn new(cfg: RunConfig) -> Result<Runtime, RunError> {
+        if let Some(p) = &cfg.psk_file {
+            return Err(RunError::User(format!(
+                "--psk-file {}: sealed overlays are not implemented yet: run without --psk-file",
+                p.display()
+            )));
+        }
+        // Before anything could spawn a thread: the mask is per thread.
+        let signals = sys::signal_fd().map_err(internal("creating the signalfd"))?;
+
+        let std_udp = std::net::UdpSocket::bind(cfg.listen)
+            .map_err(|e| listen_error(cfg.listen, "UDP", &e))?;
+        let listen = std_udp
+            .local_addr()
+            .map_err(internal("reading the UDP address"))?;
+        std_udp
+            .set_nonblocking(true)
+            .map_err(internal("making the UDP socket non-blocking"))?;
+        let (rcv, snd) = sys::set_socket_buffers(std_udp.as_raw_fd(), UDP_SOCKET_BUFFER);
+        if rcv < UDP_SOCKET_BUFFER {
+            tracing::warn!(
+                granted = rcv,
+                wanted = UDP_SOCKET_BUFFER,
+                "UDP receive buffer smaller than wanted (raise net.core.rmem_max): bursts may be dropped"
+            );
+        }
+        if let Err(e) = sys::enable_recverr(std_udp.as_raw_fd(), listen.is_ipv6()) {
+            tracing::warn!(error = %e, "IP_RECVERR unavailable: dead peers are only noticed by timeouts");
+        }
+        let std_tcp =
+            std::net::TcpListener::bind(listen).map_err(|e| listen_error(listen, "TCP", &e))?;
+        std_tcp
+            .set_nonblocking(true)
+            .map_err(internal("making the TCP listener non-blocking"))?;
+        if listen.ip().is_unspecified() {
+            tracing::warn!(
+                %listen,
+                "listening on an unspecified address: other nodes may learn an unusable address for this node; prefer --listen with this host's underlay IP"
+            );
+        }
+
+        let mut control = ControlServer::bind(&cfg.control, DEFAULT_MAX_CLIENTS)
+            .map_err(|e| RunError::User(e.to_string()))?;
+
+        let (tap, tap_info) = match &cfg.tap {
+            None => (None, None),
+            Some(spec) => {
+                let mtu = cfg
+                    .mtu
+                    .unwrap_or_else(|| alm_tap::tap_mtu_for_path(1500, DATA_OVERHEAD));
+                let tcfg = TapConfig {
+                    name: spec.name.clone(),
+                    addr: spec.addr,
+                    prefix_len: spec.prefix_len,
+                    mtu,
+                };
+                let tap = Tap::create(&tcfg).map_err(|e| RunError::User(e.to_string()))?;
+                let info = TapInfo {
+                    name: tap.name().to_owned(),
+                    addr: tap.addr(),
+                    prefix_len: tap.prefix_len(),
+                    mtu: tap.mtu(),
+                };
+                (Some(tap), Some(info))
+            }
+        };
+
+        let id = match cfg.node_id {
+            Some(id) => id,
+            None => sys::random_u128().map_err(internal("reading OS randomness"))?,
+        };
+        let seed = match cfg.seed {
+            Some(s) => s,
+            None => sys::random_u64().map_err(internal("reading OS randomness"))?,
+        };
+        let mut core_cfg = Config::default();
+        core_cfg.scribe.max_children = cfg.max_children.map(usize::from);
+        let join_attempts = core_cfg.join_attempts;
+        let node = Node::try_new(core_cfg, NodeId(id), PeerAddr(listen), seed)
+            .map_err(|e| RunError::User(format!("invalid overlay configuration: {e}")))?;
+        let engine = match &tap_info {
+            Some(t) => Engine::Middleware(Box::new(Middleware::new(
+                node,
+                MiddlewareConfig::new(t.addr),
+            ))),
+            None => Engine::Node(Box::new(node)),
+        };
+
+        let poll = Poll::new().map_err(internal("creating the poll instance"))?;
+        let registry = poll.registry();
+        let mut udp = mio::net::UdpSocket::from_std(std_udp);
+        registry
+            .register(&mut udp, UDP, Interest::READABLE)
+            .map_err(internal("registering the UDP socket"))?;
+        let streams = Streams::new(
+            mio::net::TcpListener::from_std(std_tcp),
+            listen,
+            registry,
+            TCP_LISTENER,
+            STREAM_BASE,
+        )
+        .map_err(internal("registering the TCP listener"))?;
+        if let Some(t) = &tap {
+            registry
+                .register(&mut SourceFd(&t.as_raw_fd()), TAP, Interest::READABLE)
+                .map_err(internal("registering the TAP device"))?;
+        }
+        registry
+            .register(
+                &mut SourceFd(&signals.as_raw_fd()),
+                SIGNAL,
+                Interest::READABLE,
+            )
+            .map_err(internal("registering the signalfd"))?;
+        control
+            .register(registry, CONTROL)
+            .map_err(internal("registering the control socket"))?;
+
+        tracing::info!(
+            node_id = %NodeId(id),
+            %listen,
+            udp_rcvbuf = rcv,
+            udp_sndbuf = snd,
+            tap = tap_info.as_ref().map(|t| t.name.as_str()).unwrap_or("-"),
+            control = %cfg.control.display(),
+            "almd started"
+        );
+        Ok(Runtime {
+            poll,
+            engine,
+            udp,
+            streams,
+            tap,
+            tap_info,
+            signals,
+            control,
+            listen,
+            bootstrap: cfg.bootstrap.clone(),
+            join_attempts,
+            start: Instant::now(),
+            rx: RxBlock {
+                buf: BytesMut::new(),
+            },
+            stats: RuntimeStats {
+                udp_rcvbuf: i64::from(rcv),
+                udp_sndbuf: i64::from(snd),
+                ..RuntimeStats::default()
+            },
+            names: GroupNames::default(),
+            igmp_seen: 0,
+            stream_events: Vec::new(),
+            fatal: None,
+            shutdown_at: None,
+        })
+    }
+
+    /// Engine time: microseconds since start, from the monotonic clock.
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX / 2))
+    }
+
+    fn run(&mut self) -> Result<(), RunError> {
+        let mut events = Events::with_capacity(256);
+        let now = self.now();
+        let boot: Vec<PeerAddr> = self.bootstrap.iter().copied().map(PeerAddr).collect();
+        if boot.is_empty() {
+            tracing::info!("no --bootstrap: starting a new overlay");
+        } else {
+            tracing::info!(bootstrap = ?self.bootstrap, "joining the overlay");
+        }
+        self.engine.start(now, &boot);
+        self.drain(now);
+
+        let mut udp_pending = false;
+        let mut tap_pending = false;
+        let mut stream_ready: Vec<Token> = Vec::new();
+        let mut stream_more: Vec<Token> = Vec::new();
+        let mut next_housekeeping = Instant::now() + StdDuration::from_secs(5);
+
+        loop {
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
+            // Timers.
+            let now = self.now();
+            if let Some(t) = self.engine.poll_timeout()
+                && t <= now
+            {
+                self.stats.timer_fires += 1;
+                self.engine.handle_timeout(now);
+                self.drain(now);
+                if let Some(e) = self.fatal.take() {
+                    return Err(e);
+                }
+            }
+            if let Some(at) = self.shutdown_at
+                && Instant::now() >= at
+            {
+                let mut ev = std::mem::take(&mut self.stream_events);
+                self.streams.flush_all(self.poll.registry(), &mut ev);
+                tracing::info!("almd stopped");
+                return Ok(());
+            }
+            if Instant::now() >= next_housekeeping {
+                next_housekeeping = Instant::now() + StdDuration::from_secs(5);
+                self.control.close_idle(
+                    self.poll.registry(),
+                    Instant::now(),
+                    StdDuration::from_secs(60),
+                );
+                self.names.learn(&self.engine);
+            }
+
+            // How long may we sleep?
+            let busy = udp_pending || tap_pending || !stream_more.is_empty();
+            let timeout = if busy {
+                Some(StdDuration::ZERO)
+            } else {
+                let now = self.now();
+                let mut until = next_housekeeping.saturating_duration_since(Instant::now());
+                if let Some(t) = self.engine.poll_timeout() {
+                    until = until.min(StdDuration::from_micros(t.0.saturating_sub(now.0)));
+                }
+                if let Some(at) = self.shutdown_at {
+                    until = until.min(at.saturating_duration_since(Instant::now()));
+                }
+                Some(until)
+            };
+            self.stats.loop_passes += 1;
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RunError::Internal(format!("poll failed: {e}"))),
+            }
+
+            stream_ready.clear();
+            stream_ready.append(&mut stream_more);
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP => {
+                        udp_pending = true;
+                        if ev.is_error() {
+                            let now = self.now();
+                            self.read_icmp_errors(now);
+                        }
+                    }
+                    TAP => tap_pending = true,
+                    TCP_LISTENER => self.streams.accept(self.poll.registry()),
+                    SIGNAL => self.on_signal(),
+                    t if self.control.owns(t) => self.on_control(ev),
+                    t if self.streams.owns(t) && !stream_ready.contains(&t) => {
+                        stream_ready.push(t);
+                    }
+                    _ => {}
+                }
+            }
+            if udp_pending {
+                udp_pending = self.read_udp();
+            }
+            if tap_pending {
+                tap_pending = self.read_tap();
+            }
+            for &t in &stream_ready {
+                let more = self
+                    .streams
+                    .handle(self.poll.registry(), t, &mut self.stream_events);
+                if more {
+                    stream_more.push(t);
+                }
+                let now = self.now();
+                self.stream_inputs(now);
+            }
+        }
+    }
+
+    // ----- inputs ---------------------------------------------------------
+
+    /// Reads up to `UDP_BUDGET` datagrams. Returns true if the budget ran
+    /// out (more may be queued).
+    fn read_udp(&mut self) -> bool {
+        let now = self.now();
+        for _ in 0..UDP_BUDGET {
+            self.rx.ensure(&mut self.stats);
+            let spare = &mut self.rx.buf.spare_capacity_mut()[..RX_NEED];
+            match sys::recv_from(self.udp.as_raw_fd(), spare) {
+                Ok((n, from)) => {
+                    if n > RX_NEED {
+                        self.stats.udp_rx_truncated += 1;
+                        continue;
+                    }
+                    let Some(from) = from else {
+                        continue;
+                    };
+                    // SAFETY: recvfrom initialised the first `n` spare bytes.
+                    unsafe { self.rx.buf.set_len(n) };
+                    let bytes = self.rx.buf.split_to(n).freeze();
+                    self.stats.udp_rx_datagrams += 1;
+                    self.stats.udp_rx_bytes += n as u64;
+                    self.engine.handle_datagram(now, PeerAddr(from), bytes);
+                    self.drain(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    // An ICMP error for an earlier send (IP_RECVERR): the
+                    // details wait in the error queue.
+                    tracing::trace!(error = %e, "UDP socket error");
+                    self.read_icmp_errors(now);
+                }
+            }
+        }
+        self.stats.udp_budget_exhausted += 1;
+        true
+    }
+
+    /// Drains the UDP socket's error queue. An ICMP "port/host/network
+    /// unreachable" for a datagram we sent means the peer's almd is gone (or
+    /// cannot be reached): tell the engine at once instead of waiting for
+    /// its probes and tree heartbeats to time out.
+    fn read_icmp_errors(&mut self, now: Time) {
+        for _ in 0..UDP_BUDGET {
+            match sys::recv_icmp_error(self.udp.as_raw_fd()) {
+                Ok(Some(e)) => {
+                    self.stats.udp_icmp_errors += 1;
+                    let unreachable = e.from_icmp
+                        && matches!(
+                            e.errno,
+                            libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH
+                        );
+                    if unreachable {
+                        tracing::debug!(peer = %e.dest, errno = e.errno, "ICMP: peer unreachable");
+                        self.engine.handle_peer_unreachable(now, PeerAddr(e.dest));
+                        self.drain(now);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.stats.udp_rx_errors += 1;
+                    tracing::debug!(error = %e, "reading the UDP error queue failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads up to `TAP_BUDGET` frames. Returns true if the budget ran out.
+    fn read_tap(&mut self) -> bool {
+        let Some(tap) = &self.tap else {
+            return false;
+        };
+        if self.shutdown_at.is_some() {
+            return false;
+        }
+        let fd = tap.as_raw_fd();
+        let now = self.now();
+        for _ in 0..TAP_BUDGET {
+            self.rx.ensure(&mut self.stats);
+            let spare = &mut self.rx.buf.spare_capacity_mut()[..RX_NEED];
+            match sys::read_into(fd, spare) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    // SAFETY: read initialised the first `n` spare bytes.
+                    unsafe { self.rx.buf.set_len(n) };
+                    let frame = self.rx.buf.split_to(n).freeze();
+                    self.stats.tap_rx_frames += 1;
+                    self.stats.tap_rx_bytes += n as u64;
+                    self.engine.handle_tap_frame(now, frame);
+                    self.drain(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.learn_groups();
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the TAP device failed");
+                    return false;
+                }
+            }
+        }
+        self.learn_groups();
+        self.stats.tap_budget_exhausted += 1;
+        true
+    }
+
+    /// Remembers group addresses after IGMP traffic (for `status`).
+    fn learn_groups(&mut self) {
+        if let Some(s) = self.engine.middleware_stats()
+            && s.igmp_messages != self.igmp_seen
+        {
+            self.igmp_seen = s.igmp_messages;
+            self.names.learn(&self.engine);
+        }
+    }
+
+    /// Hands stream messages and failures to the engine.
+    fn stream_inputs(&mut self, now: Time) {
+        while !self.stream_events.is_empty() {
+            let batch = std::mem::take(&mut self.stream_events);
+            for ev in batch {
+                match ev {
+                    StreamEvent::Message { from, bytes } => {
+                        self.engine
+                            .handle_stream_message(now, PeerAddr(from), bytes);
+                    }
+                    StreamEvent::Unreachable(peer) => {
+                        tracing::debug!(%peer, "peer unreachable over TCP");
+                        self.engine.handle_peer_unreachable(now, PeerAddr(peer));
+                    }
+                }
+                self.drain(now);
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let Some(sig) = sys::read_signals(self.signals.as_raw_fd()) else {
+            return;
+        };
+        let name = if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        if self.shutdown_at.is_some() {
+            tracing::warn!(signal = name, "second signal: stopping now");
+            self.shutdown_at = Some(Instant::now());
+            return;
+        }
+        tracing::info!(signal = name, "shutting down: leaving all groups");
+        let now = self.now();
+        self.engine.shutdown(now);
+        self.drain(now);
+        if let Some(t) = &self.tap {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&t.as_raw_fd()));
+        }
+        self.shutdown_at = Some(Instant::now() + SHUTDOWN_FLUSH);
+    }
+
+    fn on_control(&mut self, ev: &mio::event::Event) {
+        let Runtime {
+            poll,
+            engine,
+            control,
+            names,
+            listen,
+            tap_info,
+            start,
+            stats,
+            streams,
+            ..
+        } = self;
+        names.learn(engine);
+        let mut answer = |req: &Request| match req {
+            Request::Status => {
+                let ctx = StatusContext {
+                    listen: *listen,
+                    tap: tap_info.as_ref(),
+                    uptime_s: start.elapsed().as_secs_f64(),
+                    runtime: stats,
+                    stream: &streams.stats,
+                    stream_connections: streams.len(),
+                    names,
+                };
+                status::status_json(engine, &ctx)
+            }
+            Request::Groups => status::groups_answer(engine, names),
+        };
+        control.handle_event(poll.registry(), ev, &mut answer);
+    }
+
+    // ----- outputs --------------------------------------------------------
+
+    /// The drain rule: everything the engine has to say, until it is quiet.
+    fn drain(&mut self, now: Time) {
+        while let Some(t) = self.engine.poll_transmit() {
+            match t.channel {
+                Channel::Datagram => {
+                    let to = RawSockAddr::new(&t.to.0);
+                    match sys::send_to_2(self.udp.as_raw_fd(), &to, &t.header, &t.body) {
+                        Ok(n) => {
+                            self.stats.udp_tx_datagrams += 1;
+                            self.stats.udp_tx_bytes += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            self.stats.udp_tx_would_block += 1;
+                        }
+                        Err(e) => {
+                            self.stats.udp_tx_errors += 1;
+                            tracing::debug!(to = %t.to, error = %e, "UDP send failed");
+                        }
+                    }
+                }
+                Channel::Stream => {
+                    self.streams.send(
+                        self.poll.registry(),
+                        t.to.0,
+                        &t.header,
+                        t.body,
+                        &mut self.stream_events,
+                    );
+                }
+            }
+        }
+        if let Some(tap) = &self.tap {
+            let fd = tap.as_raw_fd();
+            while let Some(w) = self.engine.poll_tap_frame() {
+                match sys::writev_2(fd, &w.ethernet, &w.packet) {
+                    Ok(n) => {
+                        self.stats.tap_tx_frames += 1;
+                        self.stats.tap_tx_bytes += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.stats.tap_tx_would_block += 1;
+                    }
+                    Err(e) => {
+                        self.stats.tap_tx_errors += 1;
+                        tracing::debug!(error = %e, "TAP write failed");
+                    }
+                }
+            }
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.on_event(e);
+        }
+        if !self.stream_events.is_empty() {
+            self.stream_inputs(now);
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Joined => {
+                let node = self.engine.node();
+                tracing::info!(
+                    leaf_set = node.leaf_set().len(),
+                    routing_table = node.routing_table_len(),
+                    "joined the overlay"
+                );
+            }
+            Event::JoinFailed => {
+                let list: Vec<String> = self.bootstrap.iter().map(ToString::to_string).collect();
+                let msg = format!(
+                    "could not join the overlay through {} (no answer after {} attempts): check the address and that almd runs there",
+                    list.join(", "),
+                    self.join_attempts
+                );
+                self.fatal = Some(RunError::User(msg));
+            }
+            Event::PeerDown { peer } => {
+                tracing::info!(peer = ?peer, "peer declared dead");
+            }
+            Event::Delivered { key, hops, .. } => {
+                tracing::debug!(%key, hops, "lookup delivered");
+            }
+            other => tracing::debug!(event = ?other, "engine event"),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! End-to-end tests: real `almd` processes in network namespaces, carrying
+//! real iperf 2 multicast (see `scripts/e2e.sh` for the scenarios).
+//!
+//! One test runs the scenarios one after another (they share addresses and
+//! ports; the script also serializes runs machine-wide with a file lock).
+//! It is skipped, with the reason printed, when not root, without
+//! /dev/net/tun, or without iperf / python3 / flock. Select scenarios with
+//! `ALM_E2E=a,c` (default: a,b,c,d,e,perf).
+//!
+//! Run: `sudo -E cargo test -p alm-mio --test e2e -- --nocapture`
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn in_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (network namespaces and TAP devices need root)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    for tool in ["iperf", "ip", "python3", "flock"] {
+        if !in_path(tool) {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2e.sh")
+}
+
+/// Runs one scenario; Ok(json) or Err(skip reason / failure).
+fn run(scenario: &str, extra: &[&str]) -> Result<Value, String> {
+    let tag = format!("t{}{}", std::process::id() % 100_000, scenario);
+    let out = Command::new("bash")
+        .arg(script())
+        .arg(scenario)
+        .args(extra)
+        .env("ALMD", env!("CARGO_BIN_EXE_almd"))
+        .env("ALM_PROBE", env!("CARGO_BIN_EXE_alm-probe"))
+        .env("E2E_TAG", &tag)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script().display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("E2E_SKIP ")) {
+        return Err(format!("skipped: {line}"));
+    }
+    let Some(json) = stdout.lines().find_map(|l| l.strip_prefix("E2E_JSON ")) else {
+        return Err(format!(
+            "scenario {scenario}: no E2E_JSON line (exit {:?}); stdout: {stdout}",
+            out.status.code()
+        ));
+    };
+    eprintln!("scenario {scenario}: {json}");
+    serde_json::from_str(json).map_err(|e| format!("scenario {scenario}: bad JSON ({e}): {json}"))
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Fraction of `sent` datagrams an iperf receiver got (None if no report).
+fn iperf_ratio(r: &Value, sent: f64) -> f64 {
+    let (lost, total) = (f(r, &["lost"]), f(r, &["total"]));
+    // `total` counts up to the last sequence number seen; also hold it
+    // against what the sender sent so a lost tail counts as loss.
+    (total - lost) / sent.max(total)
+}
+
+fn check(scenario: &str, v: &Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            errs.push(format!("scenario {scenario}: {what}"));
+        }
+    };
+    let all_alive = v["alive"]
+        .as_array()
+        .is_none_or(|a| a.iter().all(|x| x == true));
+    match scenario {
+        "a" => {
+            let sent = f(v, &["sent"]);
+            for h in ["h2", "h3"] {
+                let r = iperf_ratio(&v["receivers"][h], sent);
+                expect(
+                    r >= 0.95,
+                    format!(
+                        "{h} got {:.2} % of {sent} datagrams, want >= 95 %",
+                        r * 100.0
+                    ),
+                );
+            }
+            expect(all_alive, "an almd died".into());
+        }
+        "b" => {
+            let ms = f(v, &["pruned_ms"]);
+            expect(
+                ms <= 10_000.0,
+                format!("h3's group not gone 10 s after its receiver stopped (pruned_ms = {ms})"),
+            );
+            expect(
+                v["h3_still_child"] == false,
+                "h3 is still a child on the group's tree".into(),
+            );
+            expect(
+                v["h2_still_member"] == true,
+                "h2 lost its membership when h3 left".into(),
+            );
+            expect(all_alive, "an almd died".into());
+        }
+        "c" => {
+            expect(
+                f(v, &["victim_children"]) >= 1.0,
+                "the killed node had no children".into(),
+            );
+            let kill = f(v, &["kill_at_ms"]);
+            for h in ["h2", "h3"] {
+                let p = &v["receivers"][h];
+                let gap = f(p, &["max_gap_ms"]);
+                let last = f(p, &["last_ms"]);
+                expect(
+                    gap < 5_000.0,
+                    format!("{h}: traffic stopped for {gap:.0} ms after the kill, want < 5000"),
+                );
+                expect(
+                    last > kill + 5_000.0,
+                    format!(
+                        "{h}: no traffic after the kill (last packet at {last:.0} ms, kill at {kill:.0} ms)"
+                    ),
+                );
+            }
+            expect(all_alive, "a surviving almd died".into());
+        }
+        "d" => {
+            let r = iperf_ratio(&v["h2_g1"], f(v, &["sent_g1"]));
+            expect(
+                r >= 0.95,
+                format!("h2 got {:.2} % of group 1, want >= 95 %", r * 100.0),
+            );
+            let sent2 = f(v, &["sent_g2"]);
+            let got2 = f(v, &["h3_g2", "received"]);
+            expect(
+                got2 >= 0.95 * sent2,
+                format!("h3 got {got2} of {sent2} group-2 datagrams"),
+            );
+            expect(
+                got2 <= sent2,
+                format!("h3 got {got2} datagrams but only {sent2} were sent to its group"),
+            );
+            expect(
+                v["h3_on_g1_tree"] == false,
+                "h3 is on group 1's tree".into(),
+            );
+            expect(
+                f(v, &["h3_not_subscribed"]) == 0.0,
+                "group-1 data reached h3's middleware".into(),
+            );
+            expect(
+                f(v, &["h3_tap_frames_out"]) <= sent2 + 20.0,
+                format!(
+                    "h3 wrote {} frames into its TAP for {sent2} group-2 datagrams",
+                    f(v, &["h3_tap_frames_out"])
+                ),
+            );
+            expect(all_alive, "an almd died".into());
+        }
+        "e" => {
+            expect(v["h2_alive"] == true, "the blasted almd died".into());
+            expect(
+                f(v, &["h2_decode_errors"]) > 0.0,
+                "the blast did not reach h2's almd".into(),
+            );
+            let sent = f(v, &["sent"]);
+            for h in ["h2", "h3"] {
+                let r = iperf_ratio(&v["receivers"][h], sent);
+                expect(
+                    r >= 0.90,
+                    format!("{h} got {:.2} % under attack, want >= 90 %", r * 100.0),
+                );
+            }
+            expect(all_alive, "an almd died".into());
+        }
+        "perf" if cfg!(debug_assertions) => {
+            // An unoptimized almd on 2 shared cores is not what the paper
+            // measured: report only. `cargo test --release` asserts.
+            eprintln!("scenario perf: debug build, numbers reported but not asserted");
+        }
+        "perf" => {
+            // The paper's bound (< 4 % loss, < 15 ms jitter) held against what
+            // almd controls: datagrams it delivered into the receiver's TAP.
+            // iperf's own figure also counts its socket-buffer overflows
+            // (RcvbufErrors) when it is starved of CPU on a small machine;
+            // both are printed.
+            let r = &v["receivers"]["h2"];
+            let sent = f(v, &["sent"]);
+            let app_loss = 1.0 - iperf_ratio(r, sent);
+            let overlay_loss = 1.0 - f(v, &["h2_delivered"]) / sent;
+            let jitter = f(r, &["jitter_ms"]);
+            eprintln!(
+                "scenario perf: one hop at {}: overlay loss {:.2} %, iperf loss {:.2} % ({} socket-buffer overflows in the receiving app), jitter {jitter} ms",
+                v["rate"],
+                overlay_loss * 100.0,
+                app_loss * 100.0,
+                v["h2_app_rcvbuf_errors"]
+            );
+            expect(
+                overlay_loss < 0.04,
+                format!(
+                    "one hop at {}: almd delivered {:.2} % fewer datagrams than sent, paper: < 4 % loss",
+                    v["rate"],
+                    overlay_loss * 100.0
+                ),
+            );
+            expect(
+                jitter < 15.0,
+                format!("one hop: jitter {jitter} ms, paper: < 15 ms"),
+            );
+        }
+        _ => {}
+    }
+    errs
+}
+
+#[test]
+fn e2e_multicast_scenarios() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED e2e_multicast_scenarios: {reason}");
+        return;
+    }
+    let selected = std::env::var("ALM_E2E").unwrap_or_else(|_| "a,b,c,d,e,perf".into());
+    let mut failures = Vec::new();
+    for s in selected.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let extra: &[&str] = if s == "perf" { &["155M"] } else { &[] };
+        match run(s, extra) {
+            Ok(v) => failures.extend(check(s, &v)),
+            Err(e) if e.starts_with("skipped: ") => {
+                eprintln!("SKIPPED e2e scenario {s}: {e}");
+                return;
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "e2e failures:\n{}",
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,364 @@
+#!/usr/bin/env bash
+# e2e.sh SCENARIO — end-to-end tests of almd with real multicast applications
+# on throw-away network namespaces (scripts/netns-lib.sh). Run as root.
+#
+# Scenarios:
+#   a  iperf 2 multicast through the overlay: h1 sends 50 Mbit/s for 5 s,
+#      h2 and h3 receive (-T 8).
+#   b  leave: h3's receiver stops; time until h3's status has no group left.
+#   c  kill -9 of an interior tree node (4 hosts; h4 is given the group's
+#      topic id as node id so it is the root): receivers' longest gap.
+#   d  two groups isolated: h2 listens to 239.1.2.3, h3 to 239.1.2.4, h1
+#      sends to both; h3 must get only .4.
+#   e  malformed traffic: random datagrams blasted at h2's overlay port
+#      while a 20 Mbit/s stream runs; almd must stay up and deliver.
+#   perf RATE  one overlay hop (2 hosts), iperf -b RATE -l 1024 for 5 s.
+#
+# Output: human-readable progress on stderr; on stdout exactly one line
+#   E2E_JSON {...}        the measurements (the Rust test asserts on them)
+# or
+#   E2E_SKIP reason       (exit 77) when not root / no /dev/net/tun / no iperf.
+# Exit 0 when the scenario ran (pass/fail is for the caller to judge from the
+# numbers), 1 when the setup failed.
+#
+# Environment: ALMD, ALM_PROBE (binaries; default: release build in
+# $CARGO_TARGET_DIR or ./target), E2E_TAG (namespace tag; default e2e<pid>),
+# E2E_DIR (logs; default /tmp/alm-e2e-<tag>, kept when E2E_KEEP=1).
+# Runs are serialized with flock on /tmp/alm-e2e.lock.
+
+set -u
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+
+scenario="${1:-}"
+case "$scenario" in
+    a | b | c | d | e | perf) ;;
+    *)
+        echo "usage: $0 a|b|c|d|e|perf [RATE]" >&2
+        exit 2
+        ;;
+esac
+
+skip() {
+    echo "E2E_SKIP $*"
+    exit 77
+}
+[ "$(id -u)" -eq 0 ] || skip "not root (network namespaces and TAP devices need root)"
+[ -c /dev/net/tun ] || skip "no /dev/net/tun"
+command -v iperf >/dev/null 2>&1 || skip "iperf (iperf 2) is not installed: apt-get install -y iperf"
+command -v ip >/dev/null 2>&1 || skip "ip (iproute2) is not installed"
+command -v python3 >/dev/null 2>&1 || skip "python3 is not installed (used to read almd's status JSON)"
+command -v flock >/dev/null 2>&1 || skip "flock (util-linux) is not installed"
+ip netns list >/dev/null 2>&1 || skip "ip netns does not work here"
+
+target="${CARGO_TARGET_DIR:-$root/target}"
+ALMD="${ALMD:-$target/release/almd}"
+ALM_PROBE="${ALM_PROBE:-$target/release/alm-probe}"
+for b in "$ALMD" "$ALM_PROBE"; do
+    [ -x "$b" ] || {
+        echo "e2e: $b is missing: build with cargo build --release -p alm-mio" >&2
+        exit 1
+    }
+done
+
+export NETNS_TAG="${E2E_TAG:-e2e$$}"
+D="${E2E_DIR:-/tmp/alm-e2e-$NETNS_TAG}"
+mkdir -p "$D" || exit 1
+# shellcheck source=scripts/netns-lib.sh
+. "$here/netns-lib.sh"
+
+# One scenario at a time on this machine (they share addresses and ports).
+exec 9>/tmp/alm-e2e.lock
+flock -w 300 9 || {
+    echo "e2e: another e2e run holds /tmp/alm-e2e.lock" >&2
+    exit 1
+}
+
+cleanup() {
+    netns_cleanup
+    if [ "${E2E_KEEP:-0}" != 1 ]; then rm -rf "$D"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log() { printf 'e2e[%s]: %s\n' "$scenario" "$*" >&2; }
+die() {
+    log "FAILED SETUP: $*"
+    for f in "$D"/almd*.log; do
+        [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
+    done
+    exit 1
+}
+
+GROUP=239.1.2.3
+GROUP2=239.1.2.4
+PORT=5001
+declare -A ALMD_PID
+
+# nsx I CMD... — like netns_exec, but for `nsx ... &`: the subshell execs
+# `ip netns exec`, which execs CMD, so $! is CMD's own pid (signals reach it).
+nsx() {
+    local i="$1"
+    shift
+    exec ip netns exec "$(netns_name "$i")" "$@"
+}
+
+# start_almd I [extra almd args...]
+start_almd() {
+    local i="$1"
+    shift
+    local bs=()
+    [ "$i" -ne 1 ] && bs=(--bootstrap "$(netns_addr 1):4000")
+    nsx "$i" "$ALMD" run --listen "$(netns_addr "$i"):4000" --tap alm0 \
+        --tap-addr "172.16.0.$i/20" --control "$D/h$i.sock" "${bs[@]}" "$@" \
+        >"$D/almd$i.log" 2>&1 &
+    ALMD_PID[$i]=$!
+}
+
+status() { "$ALMD" status --control "$D/h$1.sock" --json 2>/dev/null; }
+
+# json_get FILE|- PY_EXPR: evaluate a Python expression over the JSON `s`.
+json_get() {
+    local code="import json,sys; s=json.load(sys.stdin); print($2)"
+    if [ "$1" = - ]; then python3 -c "$code"; else python3 -c "$code" <"$1"; fi
+}
+
+wait_joined() { # wait_joined I... (10 s)
+    local i t
+    for i in "$@"; do
+        for t in $(seq 1 100); do
+            status "$i" | grep -q '"joined":true' && break
+            sleep 0.1
+        done
+        status "$i" | grep -q '"joined":true' || die "h$i did not join in 10 s"
+    done
+}
+
+# start_overlay N [per-host extra args via NODE_ID_<i>]
+start_overlay() {
+    local n="$1" i extra
+    netns_setup "$n" || die "netns_setup $n"
+    for i in $(seq 1 "$n"); do
+        extra=()
+        local v="NODE_ID_$i"
+        [ -n "${!v:-}" ] && extra=(--node-id "${!v}")
+        start_almd "$i" "${extra[@]}"
+        if [ "$i" -eq 1 ]; then
+            for _ in $(seq 1 50); do
+                [ -S "$D/h1.sock" ] && break
+                sleep 0.1
+            done
+        fi
+    done
+    wait_joined $(seq 1 "$n")
+    # Let leaf sets settle (every node hears of every other).
+    sleep 1
+}
+
+iperf_recv() { # iperf_recv I GROUP LOGNAME
+    nsx "$1" iperf -s -u -B "$2%alm0" -p "$PORT" -i 1 -e >"$D/$3.log" 2>&1 &
+    echo $!
+}
+
+iperf_send() { # iperf_send I GROUP RATE SECONDS LOGNAME
+    netns_exec "$1" iperf -c "$2%alm0" -u -p "$PORT" -b "$3" -l 1024 -T 8 -t "$4" -i 1 -e \
+        >"$D/$5.log" 2>&1
+}
+
+# wait_group_member I GROUP: until I's status lists GROUP as a tree member (10 s).
+wait_member() {
+    local t
+    for t in $(seq 1 100); do
+        status "$1" >"$D/st.json"
+        [ "$(json_get "$D/st.json" "any(g['group']=='$2' and g['member'] and g['role']!='joining' for g in s['groups'])")" = True ] && return 0
+        sleep 0.1
+    done
+    die "h$1 did not join the tree of $2 in 10 s"
+}
+
+# iperf_final LOG -> JSON {lost,total,jitter_ms,mbps} from the final report line.
+iperf_final() {
+    local line
+    line="$(grep -E '[0-9]+/ *[0-9]+ +\(' "$1" | grep -E ' 0\.0+-' | tail -n 1)"
+    if [ -z "$line" ]; then
+        echo 'null'
+        return
+    fi
+    printf '%s\n' "$line" >&2
+    python3 - "$line" <<'EOF'
+import json, re, sys
+line = sys.argv[1]
+m = re.search(r'([\d.]+) ms +(\d+)/ *(\d+) +\(', line)
+r = re.search(r'([\d.]+) ([KMG]?)bits/sec', line)
+scale = {'': 1e-6, 'K': 1e-3, 'M': 1.0, 'G': 1e3}
+print(json.dumps({
+    'lost': int(m.group(2)) if m else None,
+    'total': int(m.group(3)) if m else None,
+    'jitter_ms': float(m.group(1)) if m else None,
+    'mbps': round(float(r.group(1)) * scale[r.group(2)], 2) if r else None,
+}))
+EOF
+}
+
+iperf_sent() { grep -oE 'Sent [0-9]+ datagrams' "$1" | grep -oE '[0-9]+' | tail -n 1; }
+
+alive() { kill -0 "${ALMD_PID[$1]}" 2>/dev/null && echo true || echo false; }
+
+t0=$(date +%s.%N)
+elapsed() { python3 -c "import time; print(round(time.time()-$t0,1))"; }
+
+case "$scenario" in
+a)
+    start_overlay 3
+    iperf_recv 2 "$GROUP" r2 >/dev/null
+    iperf_recv 3 "$GROUP" r3 >/dev/null
+    wait_member 2 "$GROUP"
+    wait_member 3 "$GROUP"
+    log "sending 50 Mbit/s for 5 s"
+    iperf_send 1 "$GROUP" 50M 5 s
+    sleep 1
+    r2="$(iperf_final "$D/r2.log")"
+    r3="$(iperf_final "$D/r3.log")"
+    echo "E2E_JSON {\"scenario\":\"a\",\"sent\":$(iperf_sent "$D/s.log"),\"receivers\":{\"h2\":$r2,\"h3\":$r3},\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+b)
+    # h1 is the group's root (node id = topic id), so h2 and h3 are leaves.
+    NODE_ID_1="$("$ALM_PROBE" topic "$GROUP")"
+    start_overlay 3
+    iperf_recv 2 "$GROUP" r2 >/dev/null
+    p3="$(iperf_recv 3 "$GROUP" r3)"
+    wait_member 2 "$GROUP"
+    wait_member 3 "$GROUP"
+    iperf_send 1 "$GROUP" 5M 2 s
+    h3_id="$(status 3 | json_get - "s['node_id']")"
+    kill -TERM "$p3"
+    t_kill=$(date +%s%N)
+    pruned_ms=null
+    for _ in $(seq 1 100); do
+        status 3 >"$D/st3.json"
+        if [ "$(json_get "$D/st3.json" "any(g['group']=='$GROUP' for g in s['groups'])")" = False ]; then
+            pruned_ms=$((($(date +%s%N) - t_kill) / 1000000))
+            break
+        fi
+        sleep 0.1
+    done
+    log "h3's group gone after ${pruned_ms} ms"
+    # Does any node still list h3 as a child? (the LEAVE reached the parent)
+    sleep 0.5
+    still_child=false
+    for i in 1 2; do
+        status "$i" >"$D/st$i.json"
+        [ "$(json_get "$D/st$i.json" "any(c['id']=='$h3_id' for g in s['groups'] for c in g['children'])")" = True ] && still_child=true
+    done
+    h2_member="$(json_get "$D/st2.json" "any(g['group']=='$GROUP' and g['member'] for g in s['groups'])" | tr 'TF' 'tf')"
+    echo "E2E_JSON {\"scenario\":\"b\",\"pruned_ms\":$pruned_ms,\"h3_still_child\":$still_child,\"h2_still_member\":$h2_member,\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+c)
+    # h4 is the group's root: an interior node between sender h1 and the
+    # receivers h2, h3 (which the status JSON must confirm).
+    NODE_ID_4="$("$ALM_PROBE" topic "$GROUP")"
+    start_overlay 4
+    probes=()
+    t_probe=$(date +%s%N)
+    for i in 2 3; do
+        nsx "$i" "$ALM_PROBE" recv --group "$GROUP" --iface "172.16.0.$i" --port "$PORT" \
+            --duration 19 >"$D/p$i.json" 2>"$D/p$i.err" &
+        probes+=($!)
+    done
+    wait_member 2 "$GROUP"
+    wait_member 3 "$GROUP"
+    iperf_send 1 "$GROUP" 10M 16 s &
+    sender=$!
+    sleep 4
+    # The interior node: neither sender (h1) nor a receiver (h2, h3), and
+    # with children on the group's tree according to its status JSON.
+    victim=""
+    children=0
+    for i in 1 2 3 4; do
+        status "$i" >"$D/st$i.json"
+    done
+    for i in 4; do
+        n="$(json_get "$D/st$i.json" "sum(len(g['children']) for g in s['groups'] if g['group'] in ('$GROUP', None))")"
+        if [ "${n:-0}" -gt 0 ]; then
+            victim=$i
+            children=$n
+        fi
+    done
+    [ -n "$victim" ] || die "no interior tree node found in status JSON"
+    log "killing almd on h$victim (interior node, $children children) with SIGKILL"
+    kill -KILL "${ALMD_PID[$victim]}"
+    { wait "${ALMD_PID[$victim]}"; } 2>/dev/null
+    t_kill_ms=$((($(date +%s%N) - t_probe) / 1000000))
+    wait "$sender"
+    wait "${probes[@]}"
+    p2="$(cat "$D/p2.json")"
+    p3="$(cat "$D/p3.json")"
+    for i in 1 2 3; do status "$i" >"$D/st$i.json"; done
+    new_root="$(for i in 1 2 3; do json_get "$D/st$i.json" "'h$i' if any(g['role']=='root' for g in s['groups']) else ''"; done | tr -d '\n')"
+    echo "E2E_JSON {\"scenario\":\"c\",\"victim\":\"h$victim\",\"victim_children\":$children,\"kill_at_ms\":$t_kill_ms,\"new_root\":\"$new_root\",\"sent\":$(iperf_sent "$D/s.log"),\"receivers\":{\"h2\":$p2,\"h3\":$p3},\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+d)
+    NODE_ID_1="$("$ALM_PROBE" topic "$GROUP")"
+    start_overlay 3
+    iperf_recv 2 "$GROUP" r2 >/dev/null
+    nsx 3 "$ALM_PROBE" recv --group "$GROUP2" --iface 172.16.0.3 --port "$PORT" \
+        --duration 8 >"$D/p3.json" 2>"$D/p3.err" &
+    probe=$!
+    wait_member 2 "$GROUP"
+    wait_member 3 "$GROUP2"
+    iperf_send 1 "$GROUP" 20M 4 s &
+    s1=$!
+    iperf_send 1 "$GROUP2" 1M 4 s2
+    wait "$s1"
+    wait "$probe"
+    status 3 >"$D/st3.json"
+    topic3="$("$ALM_PROBE" topic "$GROUP")"
+    h3_on_tree3="$(json_get "$D/st3.json" "any(g['topic']=='$topic3' for g in s['groups'])" | tr 'TF' 'tf')"
+    h3_tap_out="$(json_get "$D/st3.json" "s['runtime_stats']['tap_tx_frames']")"
+    h3_not_sub="$(json_get "$D/st3.json" "s['middleware_stats']['not_subscribed']")"
+    r2="$(iperf_final "$D/r2.log")"
+    echo "E2E_JSON {\"scenario\":\"d\",\"sent_g1\":$(iperf_sent "$D/s.log"),\"sent_g2\":$(iperf_sent "$D/s2.log"),\"h2_g1\":$r2,\"h3_g2\":$(cat "$D/p3.json"),\"h3_on_g1_tree\":$h3_on_tree3,\"h3_tap_frames_out\":$h3_tap_out,\"h3_not_subscribed\":$h3_not_sub,\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+e)
+    # h4 runs no almd: it is the attacker.
+    netns_setup 4 || die "netns_setup 4"
+    for i in 1 2 3; do
+        start_almd "$i"
+        [ "$i" -eq 1 ] && sleep 0.3
+    done
+    wait_joined 1 2 3
+    sleep 1
+    iperf_recv 2 "$GROUP" r2 >/dev/null
+    iperf_recv 3 "$GROUP" r3 >/dev/null
+    wait_member 2 "$GROUP"
+    wait_member 3 "$GROUP"
+    nsx 4 "$ALM_PROBE" blast --to "$(netns_addr 2):4000" --rate 5000 --duration 6 \
+        --seed "$$" >"$D/blast.json" 2>&1 &
+    blaster=$!
+    iperf_send 1 "$GROUP" 20M 6 s
+    wait "$blaster"
+    sleep 1
+    h2_up=$(alive 2)
+    status 2 >"$D/st2.json" || h2_up=false
+    decode_errors="$(json_get "$D/st2.json" "s['node_stats']['decode_errors']" 2>/dev/null || echo null)"
+    r2="$(iperf_final "$D/r2.log")"
+    r3="$(iperf_final "$D/r3.log")"
+    echo "E2E_JSON {\"scenario\":\"e\",\"blast\":$(cat "$D/blast.json"),\"h2_alive\":$h2_up,\"h2_decode_errors\":$decode_errors,\"sent\":$(iperf_sent "$D/s.log"),\"receivers\":{\"h2\":$r2,\"h3\":$r3},\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+perf)
+    rate="${2:-155M}"
+    start_overlay 2
+    iperf_recv 2 "$GROUP" r2 >/dev/null
+    wait_member 2 "$GROUP"
+    log "one hop, $rate for 5 s"
+    iperf_send 1 "$GROUP" "$rate" 5 s
+    sleep 1
+    status 2 >"$D/st2.json"
+    status 1 >"$D/st1.json"
+    r2="$(iperf_final "$D/r2.log")"
+    rcvbuf_errors="$(netns_exec 2 awk '/^Udp: [0-9]/ {print $6}' /proc/net/snmp)"
+    echo "E2E_JSON {\"scenario\":\"perf\",\"rate\":\"$rate\",\"sent\":$(iperf_sent "$D/s.log"),\"receivers\":{\"h2\":$r2},\"h2_app_rcvbuf_errors\":$rcvbuf_errors,\"h2_tap_tx_frames\":$(json_get "$D/st2.json" "s['runtime_stats']['tap_tx_frames']"),\"h2_delivered\":$(json_get "$D/st2.json" "sum(g['delivered'] for g in s['groups'] if g['group']=='$GROUP')"),\"h1_udp_tx\":$(json_get "$D/st1.json" "s['runtime_stats']['udp_tx_datagrams']"),\"seconds\":$(elapsed)}"
+    ;;
+esac
+exit 0
