@@ -58,6 +58,20 @@ impl Engine for Node {
                 payload,
             },
             Event::PeerDown { peer } => SimEvent::PeerDown { peer },
+            Event::GroupData {
+                topic,
+                source,
+                payload,
+            } => SimEvent::GroupData {
+                topic,
+                source,
+                payload,
+            },
+            Event::AddressAllocated { addr, lease_until } => {
+                SimEvent::AddressAllocated { addr, lease_until }
+            }
+            Event::AddressPoolExhausted(_) => SimEvent::AddressPoolExhausted,
+            Event::AddressLost { addr } => SimEvent::AddressLost { addr },
             _ => SimEvent::Other,
         })
     }

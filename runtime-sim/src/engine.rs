@@ -7,8 +7,9 @@
 //! else is [`SimEvent::Other`]). `alm_core::Node` implements it in
 //! `crate::alm`; `crate::fake` has a trivial engine for testing the machinery.
 
-use alm_core::{Key, NodeHandle, PeerAddr, Time};
+use alm_core::{Key, NodeHandle, NodeId, PeerAddr, Time, Topic};
 use bytes::Bytes;
+use std::net::Ipv4Addr;
 
 /// Which of the two channel classes a transmit uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +42,23 @@ pub enum SimEvent {
     },
     PeerDown {
         peer: NodeHandle,
+    },
+    /// A packet published on a topic this node subscribed to.
+    GroupData {
+        topic: Topic,
+        source: NodeId,
+        payload: Bytes,
+    },
+    /// The management service allocated `addr` to this node.
+    AddressAllocated {
+        addr: Ipv4Addr,
+        lease_until: Time,
+    },
+    /// The address pool has no free address for this node.
+    AddressPoolExhausted,
+    /// This node's address was taken by another node (its lease lapsed).
+    AddressLost {
+        addr: Ipv4Addr,
     },
     /// Any other engine event (multicast, cache...): counted, not interpreted.
     Other,

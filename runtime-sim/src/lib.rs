@@ -13,15 +13,21 @@
 //!   [`fake`] is a trivial engine for testing the machinery; `alm_core::Node`
 //!   implements it in `alm`.
 //! * [`sim`]: the simulator proper.
+//! * [`build`]: building an overlay by joins, shared by the experiments.
 //! * [`pastry`]: the Pastry lookup experiment behind `alm-sim pastry`.
+//! * [`scribe`]: the Scribe multicast experiment behind `alm-sim scribe`.
+//! * [`mgmt`]: the address-allocation experiment behind `alm-sim mgmt`.
 //! * [`svg`]: hand-written charts.
 
 pub mod addr;
 pub mod alm;
+pub mod build;
 pub mod engine;
 pub mod fake;
+pub mod mgmt;
 pub mod pastry;
 pub mod queue;
+pub mod scribe;
 pub mod sim;
 pub mod svg;
 pub mod topology;

@@ -12,7 +12,8 @@
 //! Lookup payloads are 8 bytes: `phase << 56 | index`, little-endian, so a late
 //! delivery from an earlier phase is never mistaken for a current one.
 
-use crate::addr::addr_of;
+pub use crate::build::peak_rss_mb;
+use crate::build::{Joiner, offset_us, progress, unique_ids};
 use crate::engine::{Engine, SimEvent};
 use crate::sim::{Action, NetConfig, Observer, Sim};
 use crate::topology::{AnyTopology, Topology, TopologyKind};
@@ -165,10 +166,6 @@ impl PastryReport {
     }
 }
 
-const PENDING: u8 = 0;
-const JOINED: u8 = 1;
-const FAILED: u8 = 2;
-
 const TAG_JOIN: u64 = 0;
 const TAG_LOOKUP: u64 = 1;
 
@@ -194,18 +191,10 @@ struct Phase {
 
 struct Scenario<F> {
     make: F,
-    ids: Vec<u128>,
-    seeds: Vec<u64>,
-    rng: Rng,
-    bootstrap_samples: usize,
+    join: Joiner,
     join_rate: f64,
     lookup_rate: f64,
     next_join: usize,
-    joined: Vec<u32>,
-    /// `PENDING`, `JOINED` or `FAILED` per node.
-    state: Vec<u8>,
-    failed: usize,
-    last_joined_at: Time,
     phase: Option<Phase>,
     lookup_rng: Rng,
     mode: Mode,
@@ -221,60 +210,35 @@ enum Mode {
     Never,
 }
 
-impl<F> Scenario<F> {
-    fn build_done(&self) -> bool {
-        self.joined.len() + self.failed >= self.ids.len()
-    }
-}
-
-/// Interval schedule: the k-th item of a rate-`rate` stream, in µs after start.
-fn offset_us(k: usize, rate: f64) -> u64 {
-    (k as f64 * 1e6 / rate).round() as u64
-}
-
 impl<E, F> Observer<E, AnyTopology> for Scenario<F>
 where
     E: Engine,
     F: FnMut(NodeId, PeerAddr, u64) -> E,
 {
     fn on_event(&mut self, now: Time, node: usize, event: SimEvent) {
-        match event {
-            SimEvent::Joined if self.state[node] != JOINED => {
-                if self.state[node] == FAILED {
-                    // A late success after giving up (the engine retried).
-                    self.failed -= 1;
-                }
-                self.state[node] = JOINED;
-                self.joined.push(node as u32);
-                self.last_joined_at = now;
-            }
-            SimEvent::JoinFailed if self.state[node] == PENDING => {
-                self.state[node] = FAILED;
-                self.failed += 1;
-            }
-            SimEvent::Delivered { payload, hops, .. } => {
-                let Some(phase) = self.phase.as_mut() else {
-                    return;
-                };
-                let Ok(raw) = <[u8; 8]>::try_from(&payload[..]) else {
-                    return;
-                };
-                let raw = u64::from_le_bytes(raw);
-                if raw >> 56 != phase.number {
-                    return;
-                }
-                let idx = (raw & ((1 << 56) - 1)) as usize;
-                let Some(l) = phase.lookups.get_mut(idx) else {
-                    return;
-                };
-                if l.result.is_some() {
-                    phase.duplicates += 1;
-                } else {
-                    l.result = Some((node as u32, hops, now.0));
-                    phase.delivered += 1;
-                }
-            }
-            _ => {}
+        self.join.on_event(now, node, &event);
+        let SimEvent::Delivered { payload, hops, .. } = event else {
+            return;
+        };
+        let Some(phase) = self.phase.as_mut() else {
+            return;
+        };
+        let Ok(raw) = <[u8; 8]>::try_from(&payload[..]) else {
+            return;
+        };
+        let raw = u64::from_le_bytes(raw);
+        if raw >> 56 != phase.number {
+            return;
+        }
+        let idx = (raw & ((1 << 56) - 1)) as usize;
+        let Some(l) = phase.lookups.get_mut(idx) else {
+            return;
+        };
+        if l.result.is_some() {
+            phase.duplicates += 1;
+        } else {
+            l.result = Some((node as u32, hops, now.0));
+            phase.delivered += 1;
         }
     }
 
@@ -283,28 +247,12 @@ where
             TAG_JOIN => {
                 let k = self.next_join;
                 self.next_join += 1;
-                let engine = (self.make)(NodeId(self.ids[k]), addr_of(k), self.seeds[k]);
-                sim.start_node(k, engine);
-                let bootstrap = if k == 0 {
-                    None
-                } else if self.joined.is_empty() {
-                    Some(0)
-                } else {
-                    let mut best: Option<(Duration, usize)> = None;
-                    for _ in 0..self.bootstrap_samples {
-                        let c = self.joined[self.rng.index(self.joined.len())] as usize;
-                        let d = sim.topology().latency(k, c);
-                        if best.is_none_or(|(bd, bc)| (d, c) < (bd, bc)) {
-                            best = Some((d, c));
-                        }
-                    }
-                    best.map(|(_, c)| c)
-                };
+                let bootstrap = self.join.launch(sim, k, &mut self.make);
                 match bootstrap {
                     None => sim.join(k, &[], self),
                     Some(b) => sim.join(k, &[b], self),
                 }
-                if self.next_join < self.ids.len() {
+                if self.next_join < self.join.ids.len() {
                     let at = Time(offset_us(self.next_join, self.join_rate));
                     sim.schedule(at, Action::User(TAG_JOIN));
                 }
@@ -340,7 +288,9 @@ where
     fn stop(&self) -> bool {
         match (self.mode, &self.phase) {
             (Mode::Lookups, Some(p)) => p.lookups.len() == p.total && p.delivered == p.total,
-            (Mode::Build, _) => self.next_join >= self.ids.len() && self.build_done(),
+            (Mode::Build, _) => {
+                self.next_join >= self.join.ids.len() && self.join.done(self.join.ids.len())
+            }
             _ => false,
         }
     }
@@ -360,46 +310,6 @@ pub fn closest_live(sorted_ids: &[u128], key: Key) -> Option<u128> {
     } else {
         b
     })
-}
-
-/// `n` distinct random 128-bit ids.
-fn unique_ids(n: usize, rng: &mut Rng) -> Vec<u128> {
-    let mut ids: Vec<u128> = (0..n).map(|_| rng.next_u128()).collect();
-    loop {
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        let dup = sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
-        match dup {
-            None => return ids,
-            Some(d) => {
-                // Re-draw the later copy; astronomically rare.
-                let pos = ids.iter().rposition(|&x| x == d).unwrap_or(0);
-                ids[pos] = rng.next_u128();
-            }
-        }
-    }
-}
-
-/// Peak resident set size of this process in MiB (VmHWM), 0 if unknown.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn progress(on: bool, wall: &std::time::Instant, now: Time, what: &str) {
-    if on {
-        eprintln!(
-            "[{:>8.2}s wall | {:>9.3}s sim] {what}",
-            wall.elapsed().as_secs_f64(),
-            now.0 as f64 / 1e6
-        );
-    }
 }
 
 /// Run the experiment with engines built by `make(id, addr, seed)`.
@@ -426,17 +336,10 @@ where
     let mut sim: Sim<E, AnyTopology> = Sim::new(topo, p.net.clone(), net_seed);
     let mut sc = Scenario {
         make,
-        ids,
-        seeds,
-        rng: scen_rng,
-        bootstrap_samples: p.bootstrap_samples.max(1),
+        join: Joiner::new(ids, seeds, scen_rng, p.bootstrap_samples),
         join_rate: p.join_rate,
         lookup_rate: p.lookup_rate,
         next_join: 0,
-        joined: Vec::with_capacity(n),
-        state: vec![PENDING; n],
-        failed: 0,
-        last_joined_at: Time::ZERO,
         phase: None,
         lookup_rng,
         mode: Mode::Build,
@@ -450,15 +353,15 @@ where
         sim.run_until(last_join + p.join_timeout, &mut sc);
     }
     let build_msgs = sim.stats().transmits;
-    let join_time_s = sc.last_joined_at.0 as f64 / 1e6;
+    let join_time_s = sc.join.last_joined_at.0 as f64 / 1e6;
     progress(
         p.progress,
         &wall,
         sim.now(),
         &format!(
             "build done: {} joined, {} failed",
-            sc.joined.len(),
-            sc.failed
+            sc.join.joined.len(),
+            sc.join.failed
         ),
     );
 
@@ -466,7 +369,7 @@ where
     sim.run_for(p.settle, &mut sc);
     progress(p.progress, &wall, sim.now(), "settled");
 
-    let mut members: Vec<usize> = sc.joined.iter().map(|&i| i as usize).collect();
+    let mut members: Vec<usize> = sc.join.joined.iter().map(|&i| i as usize).collect();
     members.sort_unstable();
     let (mut rt, mut ls) = (0u64, 0u64);
     for &i in &members {
@@ -511,9 +414,9 @@ where
         lookups: p.lookups,
         topology,
         seed: p.seed,
-        joined: sc.joined.len(),
-        join_failures: sc.failed,
-        join_pending: n.saturating_sub(sc.joined.len() + sc.failed),
+        joined: sc.join.joined.len(),
+        join_failures: sc.join.failed,
+        join_pending: n.saturating_sub(sc.join.joined.len() + sc.join.failed),
         join_time_s,
         hops_mean: before.hops_mean,
         hops_hist: before.hops_hist.clone(),
@@ -562,15 +465,16 @@ where
     F: FnMut(NodeId, PeerAddr, u64) -> E,
 {
     let mut sources: Vec<u32> = sc
+        .join
         .joined
         .iter()
         .copied()
         .filter(|&i| sim.is_alive(i as usize))
         .collect();
     sources.sort_unstable();
-    let mut live_ids: Vec<u128> = sources.iter().map(|&i| sc.ids[i as usize]).collect();
+    let mut live_ids: Vec<u128> = sources.iter().map(|&i| sc.join.ids[i as usize]).collect();
     live_ids.sort_unstable();
-    let leaf_exact = leaf_set_exact(sim, &sources, &sc.ids, &live_ids, p.leaf_half);
+    let leaf_exact = leaf_set_exact(sim, &sources, &sc.join.ids, &live_ids, p.leaf_half);
     let start = sim.now();
     let total = if sources.is_empty() { 0 } else { p.lookups };
     sc.phase = Some(Phase {
@@ -615,7 +519,7 @@ where
         }
         hist[h] += 1;
         hops_sum += u64::from(hops);
-        let got = sc.ids[node as usize];
+        let got = sc.join.ids[node as usize];
         match closest_live(&phase.live_ids, NodeId(l.key)) {
             Some(want) if want == got => correct += 1,
             Some(want) => {
@@ -856,16 +760,5 @@ mod tests {
         // Exact tie: 10 and 20 around 15 → the smaller id wins.
         assert_eq!(closest_live(&[10, 20], NodeId(15)), Some(10));
         assert_eq!(closest_live(&[], NodeId(15)), None);
-    }
-
-    #[test]
-    fn unique_ids_are_unique_and_seeded() {
-        let a = unique_ids(1000, &mut Rng::new(3));
-        let b = unique_ids(1000, &mut Rng::new(3));
-        assert_eq!(a, b);
-        let mut s = a.clone();
-        s.sort_unstable();
-        s.dedup();
-        assert_eq!(s.len(), 1000);
     }
 }

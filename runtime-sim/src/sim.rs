@@ -85,6 +85,12 @@ enum Ev {
 pub trait Observer<E: Engine, T: Topology> {
     /// An event polled from `node`'s engine at `now`.
     fn on_event(&mut self, now: Time, node: usize, event: SimEvent);
+    /// `from` handed `t` to the network at `now` (before loss, partition
+    /// and liveness checks). For traffic accounting; the default ignores it.
+    #[inline]
+    fn on_transmit(&mut self, now: Time, from: usize, t: &SimTransmit) {
+        let _ = (now, from, t);
+    }
     /// An [`Action::User`] came due.
     fn on_user(&mut self, sim: &mut Sim<E, T>, tag: u64) {
         let _ = (sim, tag);
@@ -419,6 +425,7 @@ fn drain<E: Engine, T: Topology, O: Observer<E, T>>(
     let now = net.now;
     loop {
         while let Some(t) = engine.poll_transmit() {
+            obs.on_transmit(now, i, &t);
             send(net, i, t);
         }
         while let Some(ev) = engine.poll_event() {
@@ -439,6 +446,7 @@ fn drain<E: Engine, T: Topology, O: Observer<E, T>>(
             late_e
         );
         if let Some(t) = late_t {
+            obs.on_transmit(now, i, &t);
             send(net, i, t);
         }
         if let Some(ev) = late_e {

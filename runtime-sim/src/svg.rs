@@ -146,6 +146,125 @@ pub fn bar_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>
     s
 }
 
+/// A CDF line chart of one or more samples (each sorted ascending): x is
+/// the value, y the fraction of samples `<=` it. At most 400 points per
+/// series are drawn; `x_max` clips the axis (`None`: the largest value).
+pub fn cdf_chart(
+    title: &str,
+    x_label: &str,
+    series: &[(&str, &[f64])],
+    x_max: Option<f64>,
+) -> String {
+    let (w, h) = (720.0f64, 420.0f64);
+    let (ml, mr, mt, mb) = (70.0, 20.0, 50.0, 60.0);
+    let (pw, ph) = (w - ml - mr, h - mt - mb);
+    let vmax = series
+        .iter()
+        .filter_map(|(_, v)| v.last().copied())
+        .fold(0.0f64, f64::max);
+    let xmax = x_max.unwrap_or(vmax);
+    let xmax = if xmax > 0.0 { xmax } else { 1.0 };
+    let sx = |x: f64| ml + pw * (x.min(xmax) / xmax);
+    let sy = |y: f64| mt + ph - ph * y;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
+        w / 2.0,
+        esc(title)
+    );
+    for t in 0..=5 {
+        let f = f64::from(t) / 5.0;
+        let (y, x) = (sy(f), ml + pw * f);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{ml:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#dddddd"/>"##,
+            ml + pw
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{f:.1}</text>"#,
+            ml - 6.0,
+            y + 4.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{:.2}</text>"#,
+            mt + ph + 18.0,
+            xmax * f
+        );
+    }
+    for (k, (label, v)) in series.iter().enumerate() {
+        if v.is_empty() {
+            continue;
+        }
+        let n = v.len();
+        let step = n.div_ceil(400).max(1);
+        let mut pts = String::new();
+        let mut idx: Vec<usize> = (0..n).step_by(step).collect();
+        if idx.last() != Some(&(n - 1)) {
+            idx.push(n - 1);
+        }
+        let _ = write!(pts, "{:.1},{:.1}", sx(v[0]), sy(0.0));
+        for i in idx {
+            let _ = write!(pts, " {:.1},{:.1}", sx(v[i]), sy((i + 1) as f64 / n as f64));
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{pts}"><title>{}</title></polyline>"#,
+            PALETTE[k % PALETTE.len()],
+            esc(label)
+        );
+        let y = mt + 8.0 + 18.0 * k as f64;
+        let x = ml + pw - 200.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x:.1}" y="{:.1}" width="12" height="12" fill="{}"/>"#,
+            y + ph * 0.5 - 10.0,
+            PALETTE[k % PALETTE.len()]
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            x + 18.0,
+            y + ph * 0.5,
+            esc(label)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<line x1="{ml:.1}" y1="{mt:.1}" x2="{ml:.1}" y2="{:.1}" stroke="black"/>"#,
+        mt + ph
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{ml:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
+        mt + ph,
+        ml + pw,
+        mt + ph
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        ml + pw / 2.0,
+        h - 18.0,
+        esc(x_label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">cumulative fraction</text>"#,
+        mt + ph / 2.0,
+        mt + ph / 2.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +289,18 @@ mod tests {
         assert_eq!(svg.matches("<title>").count(), 7);
         assert!(svg.contains("after &lt;repair&gt;"));
         assert_eq!(svg, bar_chart("hops", "hops", "fraction", &series));
+    }
+
+    #[test]
+    fn cdf_is_one_polyline_per_series_ending_at_one() {
+        let a: Vec<f64> = (1..=1000).map(|i| f64::from(i) / 100.0).collect();
+        let svg = cdf_chart("rdp", "RDP", &[("overlay", &a), ("empty", &[])], None);
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        // The last point is (x max, y = 1) at the top of the plot area.
+        assert!(svg.contains(" 700.0,50.0\""), "{svg}");
+        assert_eq!(
+            svg,
+            cdf_chart("rdp", "RDP", &[("overlay", &a), ("empty", &[])], None)
+        );
     }
 }
