@@ -21,6 +21,8 @@ pub struct Config {
     pub pns_rows: usize,
     /// Leaves not heard from within this interval are probed.
     pub keepalive_interval: Duration,
+    /// Every routing-table entry is probed once per this period.
+    pub table_probe_period: Duration,
     /// How often a node gossips its leaf set to its nearest neighbours (and
     /// checks which leaves need a probe).
     pub gossip_interval: Duration,
@@ -61,6 +63,7 @@ impl Default for Config {
             pns_rows: 3,
             keepalive_interval: Duration::from_secs(20),
             gossip_interval: Duration::from_secs(5),
+            table_probe_period: Duration::from_secs(60),
             probe_timeout: Duration::from_millis(1_000),
             probe_attempts: 3,
             ack_timeout: Duration::from_millis(1_000),

@@ -187,6 +187,8 @@ pub struct Pastry {
     keepalive_at: Time,
     /// Pending early gossip round, `Time::NEVER` if none.
     gossip_at: Time,
+    /// Next routing-table slot to probe.
+    table_cursor: usize,
     /// While a leaf-set refresh (a re-join toward our own id) is under
     /// way, join state is welcome although we are active.
     refresh_until: Time,
@@ -215,6 +217,7 @@ impl Pastry {
             timers: BinaryHeap::new(),
             keepalive_at: Time::NEVER,
             gossip_at: Time::NEVER,
+            table_cursor: 0,
             refresh_until: Time::ZERO,
             transmits: VecDeque::new(),
             upcalls: VecDeque::new(),
@@ -671,6 +674,34 @@ impl Pastry {
         }
     }
 
+    /// Probe the next few routing-table entries (a cursor walks the table,
+    /// covering it once per `table_probe_period`), so entries of crashed
+    /// nodes are found and repaired before a message has to time out on
+    /// them (MSPastry probes its routing table periodically too).
+    fn probe_table_slice(&mut self, now: Time) {
+        let per_round = self.cfg.gossip_interval.as_micros().max(1);
+        let period = self.cfg.table_probe_period.as_micros().max(per_round);
+        let rounds = (period / per_round).max(1) as usize;
+        let want = self.table.len().div_ceil(rounds);
+        let slots = self.table.num_rows() * self.cfg.cols();
+        let mut picked: SmallVec<[NodeHandle; 8]> = SmallVec::new();
+        let mut scanned = 0;
+        while picked.len() < want && scanned < slots {
+            let i = self.table_cursor % slots;
+            self.table_cursor = (self.table_cursor + 1) % slots;
+            scanned += 1;
+            let (row, col) = (i / self.cfg.cols(), i % self.cfg.cols());
+            if let Some(e) = self.table.get(row, col) {
+                picked.push(e.handle);
+            }
+        }
+        for h in picked {
+            if !self.leaves.contains(h.id) {
+                self.ping(now, h);
+            }
+        }
+    }
+
     /// Periodic routing-table maintenance (MSPastry §4): each round, one
     /// random proximity row is compared with the same row of one of our
     /// nearest nodes, so tables keep improving as nearer nodes join.
@@ -710,6 +741,7 @@ impl Pastry {
         for h in stale {
             self.ping(now, h);
         }
+        self.probe_table_slice(now);
         self.gossip_leaf_set();
         let memory = self.cfg.dead_memory;
         self.dead.retain(|_, t| now.saturating_since(*t) < memory);
