@@ -1,162 +1,15 @@
 #![allow(clippy::needless_range_loop)] // node numbers index several parallel vectors
-//! Small overlays driven by a tiny virtual-time network (quinn's `Pair`
-//! idea, scaled to N nodes): every test jumps to the earliest of next
-//! delivery / next timeout, so it runs in milliseconds of wall time.
+//! Small overlays driven by the tiny virtual-time network of `support/`:
+//! every step jumps to the earliest of next delivery / next timeout, so the
+//! tests run in milliseconds of wall time.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
-use alm_core::{Config, Duration, Event, Node, NodeId, PeerAddr, Rng, Time};
+use alm_core::{Config, Duration, Event, NodeId};
 use bytes::Bytes;
 
-/// (arrival, sequence, from, to, bytes)
-type InFlight = Reverse<(Time, u64, usize, usize, Vec<u8>)>;
-
-struct Net {
-    nodes: Vec<Node>,
-    alive: Vec<bool>,
-    pos: Vec<(f64, f64)>,
-    queue: BinaryHeap<InFlight>,
-    seq: u64,
-    now: Time,
-    events: Vec<(Time, usize, Event)>,
-    loss: f64,
-    rng: Rng,
-}
-
-fn addr(i: usize) -> PeerAddr {
-    PeerAddr::v4(10, (i >> 16) as u8, (i >> 8) as u8, i as u8, 4000)
-}
-fn index(a: PeerAddr) -> usize {
-    match a.0.ip() {
-        std::net::IpAddr::V4(v4) => {
-            let o = v4.octets();
-            (usize::from(o[1]) << 16) | (usize::from(o[2]) << 8) | usize::from(o[3])
-        }
-        std::net::IpAddr::V6(_) => usize::MAX,
-    }
-}
+mod support;
+use support::*;
 
 impl Net {
-    fn new(n: usize, seed: u64) -> Net {
-        let mut rng = Rng::new(seed);
-        let mut nodes = Vec::new();
-        let mut pos = Vec::new();
-        for i in 0..n {
-            let id = NodeId(rng.next_u128());
-            nodes.push(Node::new(Config::default(), id, addr(i), rng.next_u64()));
-            pos.push((rng.unit_f64() * 1000.0, rng.unit_f64() * 1000.0));
-        }
-        Net {
-            nodes,
-            alive: vec![true; n],
-            pos,
-            queue: BinaryHeap::new(),
-            seq: 0,
-            now: Time::ZERO,
-            events: Vec::new(),
-            loss: 0.0,
-            rng,
-        }
-    }
-
-    fn latency(&self, a: usize, b: usize) -> Duration {
-        let (x1, y1) = self.pos[a];
-        let (x2, y2) = self.pos[b];
-        let d = ((x1 - x2).powi(2) + (y1 - y2).powi(2)).sqrt();
-        Duration::from_micros((d * 100.0) as u64 + 100)
-    }
-
-    fn drain(&mut self, i: usize) {
-        while let Some(t) = self.nodes[i].poll_transmit() {
-            let to = index(t.to);
-            if to >= self.nodes.len() || (self.loss > 0.0 && self.rng.unit_f64() < self.loss) {
-                continue;
-            }
-            let at = self.now + self.latency(i, to);
-            self.seq += 1;
-            let mut buf = Vec::new();
-            t.write_to(&mut buf);
-            self.queue.push(Reverse((at, self.seq, i, to, buf)));
-        }
-        while let Some(e) = self.nodes[i].poll_event() {
-            self.events.push((self.now, i, e));
-        }
-        assert!(self.nodes[i].poll_transmit().is_none(), "drain invariant");
-    }
-
-    fn next_timer(&self) -> Option<(Time, usize)> {
-        (0..self.nodes.len())
-            .filter(|i| self.alive[*i])
-            .filter_map(|i| self.nodes[i].poll_timeout().map(|t| (t, i)))
-            .min()
-    }
-
-    /// Run until `until`.
-    fn run_until(&mut self, until: Time) {
-        loop {
-            let next_msg = self.queue.peek().map(|Reverse((t, ..))| *t);
-            let next_tmr = self.next_timer();
-            let t_msg = next_msg.unwrap_or(Time::NEVER);
-            let t_tmr = next_tmr.map(|(t, _)| t).unwrap_or(Time::NEVER);
-            let t = t_msg.min(t_tmr);
-            if t > until {
-                self.now = until;
-                return;
-            }
-            self.now = t;
-            if t_msg <= t_tmr {
-                let Reverse((_, _, from, to, bytes)) = self.queue.pop().unwrap();
-                if self.alive[to] {
-                    self.nodes[to].handle_datagram(t, addr(from), Bytes::from(bytes));
-                    self.drain(to);
-                }
-            } else {
-                let (_, i) = next_tmr.unwrap();
-                self.nodes[i].handle_timeout(t);
-                self.drain(i);
-            }
-        }
-    }
-
-    fn join_all(&mut self, spacing: Duration) {
-        self.nodes[0].join_overlay(self.now, &[]);
-        self.drain(0);
-        for i in 1..self.nodes.len() {
-            let until = self.now + spacing;
-            self.run_until(until);
-            // Contact: the nearest of a few joined nodes.
-            let mut best = 0;
-            for _ in 0..8 {
-                let c = self.rng.index(i);
-                if self.nodes[c].is_joined() && self.latency(i, c) < self.latency(i, best) {
-                    best = c;
-                }
-            }
-            let now = self.now;
-            self.nodes[i].join_overlay(now, &[addr(best)]);
-            self.drain(i);
-        }
-        let until = self.now + Duration::from_secs(40);
-        self.run_until(until);
-        for (i, n) in self.nodes.iter().enumerate() {
-            assert!(n.is_joined(), "node {i} did not join");
-        }
-    }
-
-    fn closest_live(&self, key: NodeId) -> usize {
-        let mut best = usize::MAX;
-        for i in 0..self.nodes.len() {
-            if !self.alive[i] {
-                continue;
-            }
-            if best == usize::MAX || key.closer(self.nodes[i].id(), self.nodes[best].id()) {
-                best = i;
-            }
-        }
-        best
-    }
-
     /// Issue `n` lookups from random live nodes; returns (correct, delivered, hops sum).
     fn lookups(&mut self, n: usize) -> (usize, usize, usize) {
         self.events.clear();
@@ -303,21 +156,6 @@ use alm_core::Topic;
 use alm_core::scribe::Role;
 
 impl Net {
-    fn with_config(n: usize, seed: u64, cfg: Config) -> Net {
-        let mut net = Net::new(n, seed);
-        let mut rng = Rng::new(seed ^ 0xabc);
-        for i in 0..n {
-            let id = net.nodes[i].id();
-            net.nodes[i] = Node::new(cfg.clone(), id, addr(i), rng.next_u64());
-        }
-        net
-    }
-
-    fn settle(&mut self, d: Duration) {
-        let until = self.now + d;
-        self.run_until(until);
-    }
-
     fn subscribe(&mut self, i: usize, t: Topic) {
         let now = self.now;
         self.nodes[i].subscribe(now, t);
