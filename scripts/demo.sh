@@ -75,8 +75,8 @@ netns_setup 3 || exit 1
 for i in 1 2 3; do
     bs=()
     [ "$i" -ne 1 ] && bs=(--bootstrap 10.77.0.1:4000)
-    echo "h$i: almd run --listen 10.77.0.$i:4000 --tap alm0 --tap-addr 172.16.0.$i/20 --control $work/h$i.sock ${bs[*]}"
-    nsx "$i" "$ALMD" run --listen "10.77.0.$i:4000" --tap alm0 --tap-addr "172.16.0.$i/20" \
+    echo "h$i: almd run --listen 10.77.0.$i:4000 --tap alm0 --control $work/h$i.sock ${bs[*]}"
+    nsx "$i" "$ALMD" run --listen "10.77.0.$i:4000" --tap alm0 \
         --control "$work/h$i.sock" "${bs[@]}" >"$work/almd$i.log" 2>&1 &
     if [ "$i" -eq 1 ]; then
         for _ in $(seq 1 50); do
@@ -103,6 +103,23 @@ for i in 1 2 3; do
     fi
     echo "h$i joined"
 done
+
+say "waiting for the TAP addresses (each almd claims one of 172.16.0.0/20 in the overlay)"
+for i in 1 2 3; do
+    addr=""
+    for _ in $(seq 1 200); do
+        addr="$("$ALMD" status --control "$work/h$i.sock" --json 2>/dev/null |
+            grep -oE '"address":\{[^}]*"state":"held"' | grep -oE '"addr":"[0-9.]+"' | cut -d'"' -f4)"
+        [ -n "$addr" ] && break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        echo "demo.sh: h$i got no TAP address in 20 s; its log:" >&2
+        tail -n 20 "$work/almd$i.log" >&2
+        exit 1
+    fi
+    echo "h$i: alm0 is $addr/20"
+done
 sleep 1
 
 say "receivers: iperf -s -u -B $GROUP%alm0 -p 5001 -i 1 -e   (on h2 and h3)"
@@ -121,6 +138,9 @@ for i in 2 3; do
     line="$(grep -E '[0-9]+/ *[0-9]+ +\(' "$work/iperf-h$i.log" | grep -E ' 0\.0+-' | tail -n 1)"
     echo "h$i: ${line:-no final report (see $work/iperf-h$i.log)}"
 done
+
+say "almd groups (the overlay's directory of active groups, asked on h1)"
+"$ALMD" groups --control "$work/h1.sock"
 
 say "almd status"
 for i in 1 2 3; do

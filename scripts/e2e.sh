@@ -13,6 +13,9 @@
 #   e  malformed traffic: random datagrams blasted at h2's overlay port
 #      while a 20 Mbit/s stream runs; almd must stay up and deliver.
 #   perf RATE  one overlay hop (2 hosts), iperf -b RATE -l 1024 for 5 s.
+#   auto  5 hosts with --tap alm0 and no --tap-addr: each allocates its TAP
+#      address in the overlay; the addresses (status and kernel) are
+#      reported; h2 and h3 join 239.1.2.9 and h4's `almd groups` must list it.
 #
 # Output: human-readable progress on stderr; on stdout exactly one line
 #   E2E_JSON {...}        the measurements (the Rust test asserts on them)
@@ -32,9 +35,9 @@ root="$(cd "$here/.." && pwd)"
 
 scenario="${1:-}"
 case "$scenario" in
-    a | b | c | d | e | perf) ;;
+    a | b | c | d | e | perf | auto) ;;
     *)
-        echo "usage: $0 a|b|c|d|e|perf [RATE]" >&2
+        echo "usage: $0 a|b|c|d|e|perf|auto [RATE]" >&2
         exit 2
         ;;
 esac
@@ -113,6 +116,16 @@ start_almd() {
     nsx "$i" "$ALMD" run --listen "$(netns_addr "$i"):4000" --tap alm0 \
         --tap-addr "172.16.0.$i/20" --control "$D/h$i.sock" "${bs[@]}" "$@" \
         >"$D/almd$i.log" 2>&1 &
+    ALMD_PID[$i]=$!
+}
+
+# start_almd_auto I: like start_almd, with the TAP address allocated in the overlay.
+start_almd_auto() {
+    local i="$1"
+    local bs=()
+    [ "$i" -ne 1 ] && bs=(--bootstrap "$(netns_addr 1):4000")
+    nsx "$i" "$ALMD" run --listen "$(netns_addr "$i"):4000" --tap alm0 \
+        --control "$D/h$i.sock" "${bs[@]}" >"$D/almd$i.log" 2>&1 &
     ALMD_PID[$i]=$!
 }
 
@@ -359,6 +372,64 @@ perf)
     r2="$(iperf_final "$D/r2.log")"
     rcvbuf_errors="$(netns_exec 2 awk '/^Udp: [0-9]/ {print $6}' /proc/net/snmp)"
     echo "E2E_JSON {\"scenario\":\"perf\",\"rate\":\"$rate\",\"sent\":$(iperf_sent "$D/s.log"),\"receivers\":{\"h2\":$r2},\"h2_app_rcvbuf_errors\":$rcvbuf_errors,\"h2_tap_tx_frames\":$(json_get "$D/st2.json" "s['runtime_stats']['tap_tx_frames']"),\"h2_delivered\":$(json_get "$D/st2.json" "sum(g['delivered'] for g in s['groups'] if g['group']=='$GROUP')"),\"h1_udp_tx\":$(json_get "$D/st1.json" "s['runtime_stats']['udp_tx_datagrams']"),\"seconds\":$(elapsed)}"
+    ;;
+auto)
+    AGROUP=239.1.2.9
+    netns_setup 5 || die "netns_setup 5"
+    for i in 1 2 3 4 5; do
+        start_almd_auto "$i"
+        if [ "$i" -eq 1 ]; then
+            for _ in $(seq 1 50); do
+                [ -S "$D/h1.sock" ] && break
+                sleep 0.1
+            done
+        fi
+    done
+    wait_joined 1 2 3 4 5
+    # Allocation: a claim and two confirmations (~5 s) once joined.
+    addrs=()
+    for i in 1 2 3 4 5; do
+        a=null
+        for _ in $(seq 1 200); do
+            status "$i" >"$D/st$i.json"
+            if [ "$(json_get "$D/st$i.json" "(s['address'] or {}).get('state')")" = held ] &&
+                [ "$(json_get "$D/st$i.json" "s['tap'] is not None")" = True ]; then
+                a="\"$(json_get "$D/st$i.json" "s['address']['addr']")\""
+                break
+            fi
+            sleep 0.1
+        done
+        [ "$a" = null ] && log "h$i has no address after 20 s"
+        addrs+=("$a")
+    done
+    log "addresses: ${addrs[*]} after $(elapsed) s"
+    kaddrs=()
+    for i in 1 2 3 4 5; do
+        k="$(netns_exec "$i" ip -4 -o addr show dev alm0 2>/dev/null | awk '{print $4}' | head -n 1)"
+        kaddrs+=("\"$k\"")
+    done
+    iperf_recv 2 "$AGROUP" r2 >/dev/null
+    iperf_recv 3 "$AGROUP" r3 >/dev/null
+    wait_member 2 "$AGROUP"
+    wait_member 3 "$AGROUP"
+    listed=false
+    for _ in $(seq 1 50); do
+        "$ALMD" groups --control "$D/h4.sock" --json >"$D/g4.json" 2>"$D/g4.err"
+        if [ "$(json_get "$D/g4.json" "any(g['group']=='$AGROUP' for g in s['groups'])" 2>/dev/null)" = True ]; then
+            listed=true
+            break
+        fi
+        sleep 0.2
+    done
+    log "h4's groups: $(cat "$D/g4.json" "$D/g4.err" 2>/dev/null | head -c 400)"
+    "$ALMD" groups --control "$D/h4.sock" >&2 || true
+    g4="$(cat "$D/g4.json" 2>/dev/null)"
+    [ -n "$g4" ] || g4=null
+    join() {
+        local IFS=,
+        echo "$*"
+    }
+    echo "E2E_JSON {\"scenario\":\"auto\",\"addresses\":[$(join "${addrs[@]}")],\"kernel_addresses\":[$(join "${kaddrs[@]}")],\"group_listed\":$listed,\"h4_groups\":$g4,\"alive\":[$(alive 1),$(alive 2),$(alive 3),$(alive 4),$(alive 5)],\"seconds\":$(elapsed)}"
     ;;
 esac
 exit 0

@@ -156,6 +156,22 @@ impl Middleware {
         self.tap_out.clear();
     }
 
+    /// The TAP got a new address (`almd --tap-addr auto`: the first
+    /// allocation, or a new one after the address was lost). The querier
+    /// restarts from it: groups are forgotten (each `Left`) and learnt
+    /// again from the hosts' answers to the new startup queries. Queries
+    /// not yet polled are dropped.
+    pub fn set_tap_addr(&mut self, now: Time, addr: Ipv4Addr) {
+        self.igmp.stop(now);
+        self.after(now);
+        self.tap_out.clear();
+        self.cfg.tap_addr = addr;
+        // A fresh querier (its counters start again from zero).
+        self.igmp = IgmpRouter::new(self.cfg.igmp.clone(), addr);
+        self.igmp.start(now);
+        self.after(now);
+    }
+
     // ----- inputs -------------------------------------------------------
 
     /// A frame read from the TAP device.
@@ -267,9 +283,19 @@ impl Middleware {
     /// Move IGMP decisions into the node and node deliveries into the TAP.
     fn after(&mut self, now: Time) {
         while let Some(e) = self.igmp.poll_event() {
+            // A local listener makes this host a member: it announces the
+            // group in the overlay's directory (one member per announcing
+            // host; the record is last-writer-wins) until its last local
+            // listener leaves.
             match e {
-                IgmpEvent::Joined(g) => self.node.subscribe(now, Topic::ipv4_group(g)),
-                IgmpEvent::Left(g) => self.node.unsubscribe(now, Topic::ipv4_group(g)),
+                IgmpEvent::Joined(g) => {
+                    self.node.subscribe(now, Topic::ipv4_group(g));
+                    self.node.announce_group(now, g, None, 1);
+                }
+                IgmpEvent::Left(g) => {
+                    self.node.unsubscribe(now, Topic::ipv4_group(g));
+                    self.node.withdraw_group(now, g);
+                }
             }
         }
         while let Some(f) = self.igmp.poll_frame() {

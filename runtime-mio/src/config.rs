@@ -5,8 +5,8 @@
 //! or a [`QueryArgs`] for `almd status` / `almd groups`.
 //!
 //! The file uses the same keys as the long options of `almd run` (without the
-//! dashes, kebab-case: `listen`, `bootstrap`, `tap`, `tap-addr`, `control`,
-//! `max-children`, `node-id`, `seed`, `mtu`, `psk-file`). A value given on the
+//! dashes, kebab-case: `listen`, `bootstrap`, `tap`, `tap-addr`, `tap-prefix`,
+//! `control`, `max-children`, `node-id`, `seed`, `mtu`, `psk-file`). A value given on the
 //! command line overrides the file's; `--bootstrap` given at all replaces the
 //! file's whole list.
 //!
@@ -14,7 +14,8 @@
 //! listen = "10.77.0.1:4000"
 //! bootstrap = ["10.77.0.2:4000", "10.77.0.3:4000"]
 //! tap = "alm0"
-//! tap-addr = "172.16.0.5/20"
+//! tap-addr = "auto"            # the default with tap; or e.g. "172.16.0.5/20"
+//! tap-prefix = "172.16.0.0/20" # the pool auto addresses come from
 //! max-children = 8
 //! node-id = "0123456789abcdef0123456789abcdef"
 //! ```
@@ -32,6 +33,10 @@ use serde::Deserialize;
 
 /// TAP name used when only `--tap-addr` is given.
 pub const DEFAULT_TAP_NAME: &str = "alm0";
+
+/// The pool `--tap-addr auto` allocates from when `--tap-prefix` is not given
+/// (the engine's default, `alm_core::mgmt::MgmtConfig`).
+pub const DEFAULT_TAP_PREFIX: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 16, 0, 0), 20);
 
 /// Control socket path when running as root.
 pub const ROOT_CONTROL_PATH: &str = "/run/almd.sock";
@@ -53,6 +58,7 @@ pub struct Cli {
 
 /// `almd` subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum Command {
     /// Run an overlay node (and, with --tap, the multicast middleware).
     Run(RunArgs),
@@ -75,9 +81,14 @@ pub struct RunArgs {
     /// Create a TAP device with this name and act as the host's multicast router.
     #[arg(long, value_name = "NAME")]
     pub tap: Option<String>,
-    /// Address of the TAP device, e.g. 172.16.0.5/20 (implies --tap alm0).
-    #[arg(long, value_name = "CIDR")]
+    /// Address of the TAP device, e.g. 172.16.0.5/20, or `auto` to allocate a
+    /// unique one from --tap-prefix once joined [default with --tap: auto]
+    /// (implies --tap alm0).
+    #[arg(long, value_name = "CIDR|auto")]
     pub tap_addr: Option<String>,
+    /// Address pool of --tap-addr auto [default: 172.16.0.0/20].
+    #[arg(long, value_name = "CIDR")]
+    pub tap_prefix: Option<String>,
     /// Control socket path [default: /run/almd.sock as root, else $XDG_RUNTIME_DIR/almd.sock].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -120,15 +131,33 @@ impl QueryArgs {
     }
 }
 
+/// How the TAP device gets its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapAddr {
+    /// Given on the command line.
+    Fixed {
+        /// Interface address.
+        addr: Ipv4Addr,
+        /// Subnet prefix length.
+        prefix_len: u8,
+    },
+    /// Allocated in the overlay from this pool (`--tap-addr auto`); the TAP
+    /// is created once the address is ours.
+    Auto {
+        /// The pool's network address.
+        prefix: Ipv4Addr,
+        /// The pool's prefix length (also the TAP's).
+        prefix_len: u8,
+    },
+}
+
 /// The TAP device to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapSpec {
     /// Interface name.
     pub name: String,
-    /// Interface address.
-    pub addr: Ipv4Addr,
-    /// Subnet prefix length.
-    pub prefix_len: u8,
+    /// Interface address, or how to get one.
+    pub addr: TapAddr,
 }
 
 /// A validated configuration for `almd run`.
@@ -167,6 +196,8 @@ pub struct FileConfig {
     pub tap: Option<String>,
     /// See `--tap-addr`.
     pub tap_addr: Option<String>,
+    /// See `--tap-prefix`.
+    pub tap_prefix: Option<String>,
     /// See `--control`.
     pub control: Option<PathBuf>,
     /// See `--max-children`.
@@ -187,6 +218,7 @@ pub const FILE_KEYS: &[&str] = &[
     "bootstrap",
     "tap",
     "tap-addr",
+    "tap-prefix",
     "control",
     "max-children",
     "node-id",
@@ -389,16 +421,21 @@ pub fn resolve_run(
 
     let tap_name = pick(cli.tap.clone(), f.tap.clone(), path);
     let tap_addr = pick(cli.tap_addr.clone(), f.tap_addr.clone(), path);
+    let tap_prefix = match pick(cli.tap_prefix.clone(), f.tap_prefix.clone(), path) {
+        Some((v, o)) => Some((parse_tap_prefix(&v, o)?, v, o)),
+        None => None,
+    };
     let tap = match (tap_name, tap_addr) {
-        (None, None) => None,
-        (Some((name, o)), None) => {
-            check_tap_name(&name, o)?;
-            return Err(invalid(format!(
-                "{} {name} needs --tap-addr: automatic address allocation is not available yet, give one such as 172.16.0.5/20",
-                o.label("tap")
-            )));
+        (None, None) => {
+            if let Some((_, v, o)) = tap_prefix {
+                return Err(invalid(format!(
+                    "{} {v} is only used with --tap: add --tap {DEFAULT_TAP_NAME}",
+                    o.label("tap-prefix")
+                )));
+            }
+            None
         }
-        (name, Some((cidr, o))) => {
+        (name, addr) => {
             let name = match name {
                 Some((name, no)) => {
                     check_tap_name(&name, no)?;
@@ -406,12 +443,24 @@ pub fn resolve_run(
                 }
                 None => DEFAULT_TAP_NAME.to_owned(),
             };
-            let (addr, prefix_len) = parse_tap_cidr(&cidr, o)?;
-            Some(TapSpec {
-                name,
-                addr,
-                prefix_len,
-            })
+            let addr = match addr {
+                Some((cidr, o)) if !cidr.trim().eq_ignore_ascii_case("auto") => {
+                    if let Some((_, v, po)) = tap_prefix {
+                        return Err(invalid(format!(
+                            "{} {v} is only used with --tap-addr auto, but {} is {cidr}: drop one of them",
+                            po.label("tap-prefix"),
+                            o.label("tap-addr")
+                        )));
+                    }
+                    let (addr, prefix_len) = parse_tap_cidr(&cidr, o)?;
+                    TapAddr::Fixed { addr, prefix_len }
+                }
+                _ => {
+                    let (prefix, prefix_len) = tap_prefix.map_or(DEFAULT_TAP_PREFIX, |(p, _, _)| p);
+                    TapAddr::Auto { prefix, prefix_len }
+                }
+            };
+            Some(TapSpec { name, addr })
         }
     };
 
@@ -488,11 +537,6 @@ fn check_tap_name(name: &str, o: Origin<'_>) -> Result<(), ConfigError> {
 /// Parses `A.B.C.D/N` into a host address and prefix length.
 fn parse_tap_cidr(v: &str, o: Origin<'_>) -> Result<(Ipv4Addr, u8), ConfigError> {
     let label = o.label("tap-addr");
-    if v.trim().eq_ignore_ascii_case("auto") {
-        return Err(ConfigError::Invalid(format!(
-            "{label} auto is not available yet: give an explicit address such as 172.16.0.5/20"
-        )));
-    }
     let not_cidr = || {
         ConfigError::Invalid(format!(
             "{label} {v} is not an IPv4 CIDR like 172.16.0.5/20"
@@ -527,6 +571,45 @@ fn parse_tap_cidr(v: &str, o: Origin<'_>) -> Result<(Ipv4Addr, u8), ConfigError>
                 "{label} {v} is the {which} address of its subnet: give a host address such as 172.16.0.5/20"
             )));
         }
+    }
+    Ok((addr, prefix_len))
+}
+
+/// Parses the `--tap-prefix` pool: `A.B.C.D/N`, a network address, N from
+/// 16 to 30 (what the engine's allocator supports).
+fn parse_tap_prefix(v: &str, o: Origin<'_>) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let label = o.label("tap-prefix");
+    let not_cidr = || {
+        ConfigError::Invalid(format!(
+            "{label} {v} is not an IPv4 network like 172.16.0.0/20"
+        ))
+    };
+    let (a, p) = v.trim().split_once('/').ok_or_else(not_cidr)?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| not_cidr())?;
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_cidr());
+    }
+    let prefix_len: u8 = p.parse().map_err(|_| not_cidr())?;
+    let (min, max) = (
+        alm_core::mgmt::MIN_PREFIX_LEN,
+        alm_core::mgmt::MAX_PREFIX_LEN,
+    );
+    if !(min..=max).contains(&prefix_len) {
+        return Err(ConfigError::Invalid(format!(
+            "{label} {v}: the pool's prefix length must be /{min} to /{max}, such as 172.16.0.0/20"
+        )));
+    }
+    if addr.is_multicast() || addr.is_loopback() || addr.octets()[0] == 0 || addr.octets()[0] >= 240
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{label} {v} is not a unicast network: give a private one such as 172.16.0.0/20"
+        )));
+    }
+    let network = Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - u32::from(prefix_len))));
+    if network != addr {
+        return Err(ConfigError::Invalid(format!(
+            "{label} {v} has host bits set: give the network address {network}/{prefix_len}"
+        )));
     }
     Ok((addr, prefix_len))
 }
@@ -571,7 +654,15 @@ pub fn to_toml(cfg: &RunConfig) -> String {
     }
     if let Some(t) = &cfg.tap {
         let _ = writeln!(s, "tap = {:?}", t.name);
-        let _ = writeln!(s, "tap-addr = \"{}/{}\"", t.addr, t.prefix_len);
+        match t.addr {
+            TapAddr::Fixed { addr, prefix_len } => {
+                let _ = writeln!(s, "tap-addr = \"{addr}/{prefix_len}\"");
+            }
+            TapAddr::Auto { prefix, prefix_len } => {
+                let _ = writeln!(s, "tap-addr = \"auto\"");
+                let _ = writeln!(s, "tap-prefix = \"{prefix}/{prefix_len}\"");
+            }
+        }
     }
     let _ = writeln!(s, "control = {:?}", cfg.control.display().to_string());
     if let Some(v) = cfg.max_children {
@@ -652,8 +743,10 @@ mod tests {
                 ],
                 tap: Some(TapSpec {
                     name: "alm1".into(),
-                    addr: Ipv4Addr::new(172, 16, 0, 5),
-                    prefix_len: 20
+                    addr: TapAddr::Fixed {
+                        addr: Ipv4Addr::new(172, 16, 0, 5),
+                        prefix_len: 20
+                    }
                 }),
                 control: "/tmp/a.sock".into(),
                 max_children: Some(8),
@@ -735,14 +828,6 @@ mod tests {
             e,
             "--tap-addr 300.1.2.3/20 is not an IPv4 CIDR like 172.16.0.5/20"
         );
-        let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "auto"]),
-            None,
-        ));
-        assert_eq!(
-            e,
-            "--tap-addr auto is not available yet: give an explicit address such as 172.16.0.5/20"
-        );
         for bad in [
             "172.16.0.5",
             "172.16.0.5/33",
@@ -789,11 +874,19 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(c.tap.map(|t| t.name), Some(DEFAULT_TAP_NAME.to_owned()));
-        let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap", "alm0"]),
-            None,
-        ));
-        assert!(e.starts_with("--tap alm0 needs --tap-addr"), "{e}");
+        // --tap alone: the address is allocated from the default pool.
+        let c =
+            resolve_run(&run_args(&["--listen", "0.0.0.0:1", "--tap", "alm3"]), None).expect("ok");
+        assert_eq!(
+            c.tap,
+            Some(TapSpec {
+                name: "alm3".into(),
+                addr: TapAddr::Auto {
+                    prefix: Ipv4Addr::new(172, 16, 0, 0),
+                    prefix_len: 20
+                }
+            })
+        );
         let e = err(resolve_run(
             &run_args(&[
                 "--listen",
@@ -809,6 +902,91 @@ mod tests {
             e.starts_with("--tap \"a/b\" is not a usable interface name"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tap_addr_auto_and_tap_prefix() {
+        // Explicit auto, any case, implies --tap alm0.
+        let c = resolve_run(
+            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "AUTO"]),
+            None,
+        )
+        .expect("ok");
+        let t = c.tap.expect("tap");
+        assert_eq!(t.name, DEFAULT_TAP_NAME);
+        assert_eq!(
+            t.addr,
+            TapAddr::Auto {
+                prefix: Ipv4Addr::new(172, 16, 0, 0),
+                prefix_len: 20
+            }
+        );
+        let c = resolve_run(
+            &run_args(&[
+                "--listen",
+                "0.0.0.0:1",
+                "--tap",
+                "alm0",
+                "--tap-prefix",
+                "10.99.0.0/24",
+            ]),
+            None,
+        )
+        .expect("ok");
+        assert_eq!(
+            c.tap.as_ref().map(|t| t.addr),
+            Some(TapAddr::Auto {
+                prefix: Ipv4Addr::new(10, 99, 0, 0),
+                prefix_len: 24
+            })
+        );
+        // From a file, and back through to_toml.
+        let f = file(
+            "listen = \"0.0.0.0:1\"\ntap = \"alm2\"\ntap-addr = \"auto\"\ntap-prefix = \"10.1.0.0/16\"\n",
+        );
+        let c = resolve_run(&RunArgs::default(), Some((Path::new("/x.toml"), &f))).expect("ok");
+        let again = file(&to_toml(&c));
+        let c2 = resolve_run(&RunArgs::default(), Some((Path::new("/y.toml"), &again)));
+        assert_eq!(c2.expect("round trip"), c);
+
+        for (bad, want) in [
+            ("10.0.0.0", "is not an IPv4 network like 172.16.0.0/20"),
+            ("x/20", "is not an IPv4 network like 172.16.0.0/20"),
+            ("10.0.0.0/8", "the pool's prefix length must be /16 to /30"),
+            ("10.0.0.0/31", "the pool's prefix length must be /16 to /30"),
+            (
+                "10.0.0.5/24",
+                "has host bits set: give the network address 10.0.0.0/24",
+            ),
+            ("239.0.0.0/16", "is not a unicast network"),
+        ] {
+            let e = err(resolve_run(
+                &run_args(&["--listen", "0.0.0.0:1", "--tap", "a", "--tap-prefix", bad]),
+                None,
+            ));
+            assert!(e.starts_with(&format!("--tap-prefix {bad}")), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
+        let e = err(resolve_run(
+            &run_args(&["--listen", "0.0.0.0:1", "--tap-prefix", "10.0.0.0/24"]),
+            None,
+        ));
+        assert_eq!(
+            e,
+            "--tap-prefix 10.0.0.0/24 is only used with --tap: add --tap alm0"
+        );
+        let e = err(resolve_run(
+            &run_args(&[
+                "--listen",
+                "0.0.0.0:1",
+                "--tap-addr",
+                "172.16.0.5/20",
+                "--tap-prefix",
+                "10.0.0.0/24",
+            ]),
+            None,
+        ));
+        assert!(e.contains("is only used with --tap-addr auto"), "{e}");
     }
 
     #[test]

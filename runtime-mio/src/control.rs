@@ -8,7 +8,11 @@
 //! Server side ([`ControlServer`]): non-blocking, driven by the runtime's mio
 //! event loop. It owns the listener and the client connections and nothing
 //! else; the loop supplies the data through an [`Answer`] (any
-//! `FnMut(&Request) -> serde_json::Value`). Request lines are bounded
+//! `FnMut(&Request) -> serde_json::Value`). An [`Answer`] may also take a
+//! request for later ([`Answer::defer`]: the answer needs the overlay, e.g.
+//! the group directory): it keeps the [`Ticket`] and hands the answer to
+//! [`ControlServer::complete`]; until then that client's further requests
+//! wait, so answers stay in request order. Request lines are bounded
 //! ([`MAX_REQUEST_LEN`]), so are the number of concurrent clients and the
 //! unsent output per client, so a misbehaving local client costs bounded memory.
 //!
@@ -84,10 +88,20 @@ impl Request {
     }
 }
 
+/// A request whose answer comes later, through [`ControlServer::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket(pub u64);
+
 /// What the event loop provides: the answer to a request, as JSON.
 pub trait Answer {
     /// Answers `req`. Return `{"error": "..."}` to report a failure.
     fn answer(&mut self, req: &Request) -> Value;
+
+    /// Return true to answer `req` later: call [`ControlServer::complete`]
+    /// with `ticket` (once). Default: answer now.
+    fn defer(&mut self, _req: &Request, _ticket: Ticket) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut(&Request) -> Value> Answer for F {
@@ -251,6 +265,8 @@ struct Client {
     /// close once `out` is flushed.
     done_reading: bool,
     last_activity: Instant,
+    /// A deferred request not answered yet: later lines wait for it.
+    waiting: Option<Ticket>,
 }
 
 /// The server end of the control socket, for a mio event loop.
@@ -269,6 +285,7 @@ pub struct ControlServer {
     first_token: Option<Token>,
     clients: Vec<Option<Client>>,
     rejected: u64,
+    next_ticket: u64,
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -319,6 +336,7 @@ impl ControlServer {
             first_token: None,
             clients,
             rejected: 0,
+            next_ticket: 0,
         })
     }
 
@@ -468,6 +486,7 @@ impl ControlServer {
                         out: Vec::new(),
                         done_reading: false,
                         last_activity: Instant::now(),
+                        waiting: None,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -481,11 +500,46 @@ impl ControlServer {
         }
     }
 
+    /// Answers the deferred request `ticket` with `value`, then serves that
+    /// client's requests that waited behind it (with `answer`). A ticket
+    /// whose client has gone is ignored.
+    pub fn complete<A: Answer + ?Sized>(
+        &mut self,
+        registry: &Registry,
+        ticket: Ticket,
+        value: &Value,
+        answer: &mut A,
+    ) {
+        let Some(idx) = self
+            .clients
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.waiting == Some(ticket)))
+        else {
+            return;
+        };
+        if let Some(c) = self.clients[idx].as_mut() {
+            c.waiting = None;
+            push_reply(&mut c.out, value);
+            c.last_activity = Instant::now();
+            process_lines(c, answer, &mut self.next_ticket);
+        }
+        self.service(registry, idx, answer);
+    }
+
+    /// Clients waiting for a deferred answer.
+    #[must_use]
+    pub fn deferred_count(&self) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| c.as_ref().is_some_and(|c| c.waiting.is_some()))
+            .count()
+    }
+
     fn service<A: Answer + ?Sized>(&mut self, registry: &Registry, idx: usize, answer: &mut A) {
         let Some(client) = self.clients[idx].as_mut() else {
             return;
         };
-        let keep = service_client(client, answer);
+        let keep = service_client(client, answer, &mut self.next_ticket);
         if !keep {
             if let Some(mut c) = self.clients[idx].take() {
                 let _ = registry.deregister(&mut c.stream);
@@ -496,7 +550,11 @@ impl ControlServer {
 
 /// Drives one client as far as it goes without blocking. Returns false when the
 /// connection should be closed.
-fn service_client<A: Answer + ?Sized>(c: &mut Client, answer: &mut A) -> bool {
+fn service_client<A: Answer + ?Sized>(
+    c: &mut Client,
+    answer: &mut A,
+    next_ticket: &mut u64,
+) -> bool {
     let mut chunk = [0u8; 1024];
     loop {
         while !c.out.is_empty() {
@@ -511,6 +569,11 @@ fn service_client<A: Answer + ?Sized>(c: &mut Client, answer: &mut A) -> bool {
                 Err(_) => return false,
             }
         }
+        if c.waiting.is_some() {
+            // Read nothing more until the deferred answer is out (complete
+            // services the client again).
+            return true;
+        }
         if c.done_reading {
             // Close once everything is sent; otherwise wait for WRITABLE.
             return !c.out.is_empty();
@@ -523,7 +586,7 @@ fn service_client<A: Answer + ?Sized>(c: &mut Client, answer: &mut A) -> bool {
             Ok(n) => {
                 c.last_activity = Instant::now();
                 c.inbuf.extend_from_slice(&chunk[..n]);
-                process_lines(c, answer);
+                process_lines(c, answer, next_ticket);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -532,8 +595,10 @@ fn service_client<A: Answer + ?Sized>(c: &mut Client, answer: &mut A) -> bool {
     }
 }
 
-fn process_lines<A: Answer + ?Sized>(c: &mut Client, answer: &mut A) {
-    while let Some(pos) = c.inbuf.iter().position(|&b| b == b'\n') {
+fn process_lines<A: Answer + ?Sized>(c: &mut Client, answer: &mut A, next_ticket: &mut u64) {
+    while c.waiting.is_none()
+        && let Some(pos) = c.inbuf.iter().position(|&b| b == b'\n')
+    {
         let mut line: Vec<u8> = c.inbuf.drain(..=pos).collect();
         line.pop();
         if line.last() == Some(&b'\r') {
@@ -546,13 +611,21 @@ fn process_lines<A: Answer + ?Sized>(c: &mut Client, answer: &mut A) {
             too_long()
         } else {
             match Request::parse_line(&line) {
-                Ok(req) => answer.answer(&req),
+                Ok(req) => {
+                    *next_ticket += 1;
+                    let ticket = Ticket(*next_ticket);
+                    if answer.defer(&req, ticket) {
+                        c.waiting = Some(ticket);
+                        return;
+                    }
+                    answer.answer(&req)
+                }
                 Err(msg) => json!({ "error": msg }),
             }
         };
         push_reply(&mut c.out, &reply);
     }
-    if c.inbuf.len() > MAX_REQUEST_LEN {
+    if c.waiting.is_none() && c.inbuf.len() > MAX_REQUEST_LEN {
         // No newline within the limit: answer once and stop reading.
         push_reply(&mut c.out, &too_long());
         c.inbuf = Vec::new();
@@ -602,13 +675,30 @@ pub fn query(path: &Path, req: Request, timeout: Duration) -> Result<Value, Cont
     let timeout_opt = Some(timeout).filter(|t| !t.is_zero());
     stream.set_read_timeout(timeout_opt).map_err(io_err)?;
     stream.set_write_timeout(timeout_opt).map_err(io_err)?;
-    (&stream)
-        .write_all(req.to_line().as_bytes())
-        .map_err(io_err)?;
+    // A server with no free client slot answers with an error line and
+    // closes at once, maybe before our request is written: read that line
+    // rather than report the broken pipe.
+    let write_err = match (&stream).write_all(req.to_line().as_bytes()) {
+        Ok(()) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(e)
+        }
+        Err(e) => return Err(io_err(e)),
+    };
     let mut line = Vec::new();
-    BufReader::new((&stream).take(MAX_ANSWER_LEN as u64 + 1))
-        .read_until(b'\n', &mut line)
-        .map_err(io_err)?;
+    let read =
+        BufReader::new((&stream).take(MAX_ANSWER_LEN as u64 + 1)).read_until(b'\n', &mut line);
+    match (read, write_err) {
+        (Ok(_), Some(e)) if line.is_empty() => return Err(io_err(e)),
+        (Err(_), Some(e)) => return Err(io_err(e)),
+        (Err(e), None) => return Err(io_err(e)),
+        _ => {}
+    }
     let bad = |detail: String| ControlError::BadAnswer {
         path: path.to_owned(),
         detail,

@@ -103,6 +103,47 @@ impl Engine {
         }
     }
 
+    /// The TAP (re)got an address: (re)start the IGMP querier from it.
+    pub fn set_tap_addr(&mut self, now: Time, addr: std::net::Ipv4Addr) {
+        if let Engine::Middleware(m) = self {
+            m.set_tap_addr(now, addr);
+        }
+    }
+
+    /// Claim a TAP address from the pool (`--tap-addr auto`).
+    pub fn allocate_address(
+        &mut self,
+        now: Time,
+        prefix: std::net::Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), alm_core::AllocError> {
+        self.command(now, |n| n.allocate_address(now, prefix, prefix_len))
+    }
+
+    /// Give the TAP address back (clean exit).
+    pub fn release_address(&mut self, now: Time) {
+        self.command(now, |n| n.release_address(now));
+    }
+
+    /// Ask the overlay for its group directory (`Event::GroupDirectory`).
+    pub fn list_groups(&mut self, now: Time) {
+        self.command(now, |n| n.list_groups(now));
+    }
+
+    /// Runs a node command. A middleware moves node events to its own
+    /// queue only on an input: a (harmless) spurious timeout makes the
+    /// command's events visible to `poll_event` at once.
+    fn command<R>(&mut self, now: Time, f: impl FnOnce(&mut Node) -> R) -> R {
+        match self {
+            Engine::Node(n) => f(n),
+            Engine::Middleware(m) => {
+                let r = f(m.node_mut());
+                m.handle_timeout(now);
+                r
+            }
+        }
+    }
+
     pub fn node(&self) -> &Node {
         match self {
             Engine::Node(n) => n,

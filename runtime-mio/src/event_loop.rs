@@ -23,12 +23,29 @@
 //! full UDP send buffer or a TAP that would block drops the packet and
 //! counts it (the data path is best effort).
 //!
+//! **Automatic TAP address** (`--tap-addr auto`, the default with `--tap`).
+//! The node joins the overlay first and claims a unique address of the
+//! pool (`allocate_address`, about 5 s: a claim and two confirmations); the
+//! TAP is created, and the IGMP querier started from its address, only when
+//! `AddressAllocated` arrives. `AddressPoolExhausted` stops almd (exit 2).
+//! `AddressLost` (our lease lapsed and another node took the address) keeps
+//! the TAP until the engine's new allocation succeeds, then recreates it
+//! with the new address (local listeners join again on the new interface).
+//!
+//! **Group directory.** The middleware announces every group a local
+//! listener joined (and withdraws it when the last one left). A `groups`
+//! control request is answered asynchronously: the loop calls `list_groups`
+//! and answers every waiting request when `GroupDirectory` arrives, or with
+//! an error after [`GROUPS_TIMEOUT`].
+//!
 //! **Shutdown.** On the first SIGINT/SIGTERM the engine leaves every tree
-//! (`shutdown`), the TAP is no longer read, and the loop keeps running for
-//! [`SHUTDOWN_FLUSH`] so the leaves and their retries go out; then it returns.
+//! (`shutdown`, which also withdraws its groups from the directory) and
+//! releases its TAP address, the TAP is no longer read, and the loop keeps
+//! running for [`SHUTDOWN_FLUSH`] so the leaves, the release and their
+//! retries go out; then it returns.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration as StdDuration, Instant};
 
@@ -41,8 +58,8 @@ use alm_core::{
 };
 use alm_tap::{Tap, TapConfig};
 
-use crate::config::RunConfig;
-use crate::control::{ControlServer, DEFAULT_MAX_CLIENTS, Request};
+use crate::config::{RunConfig, TapAddr};
+use crate::control::{Answer, ControlServer, DEFAULT_MAX_CLIENTS, Request, Ticket};
 use crate::engine::Engine;
 use crate::status::{self, GroupNames, RuntimeStats, StatusContext, TapInfo};
 use crate::stream::{StreamEvent, Streams};
@@ -56,6 +73,8 @@ pub const TAP_BUDGET: usize = 256;
 pub const UDP_SOCKET_BUFFER: i32 = 4 << 20;
 /// How long the loop keeps running after a shutdown signal.
 pub const SHUTDOWN_FLUSH: StdDuration = StdDuration::from_millis(200);
+/// How long a `groups` request waits for the overlay's group directory.
+pub const GROUPS_TIMEOUT: StdDuration = StdDuration::from_secs(3);
 /// Size of a receive block.
 const RX_BLOCK: usize = 1 << 20;
 /// Spare room a receive needs: the largest UDP datagram.
@@ -140,6 +159,13 @@ struct Runtime {
     streams: Streams,
     tap: Option<Tap>,
     tap_info: Option<TapInfo>,
+    /// Name and MTU of the TAP to create (with `--tap`).
+    tap_plan: Option<(String, u16)>,
+    /// The pool of `--tap-addr auto`.
+    auto_pool: Option<(Ipv4Addr, u8)>,
+    /// `groups` requests waiting for the directory, and since when.
+    groups_waiting: Vec<Ticket>,
+    groups_deadline: Option<Instant>,
     signals: OwnedFd,
     control: ControlServer,
     listen: SocketAddr,
@@ -207,27 +233,26 @@ impl Runtime {
         let mut control = ControlServer::bind(&cfg.control, DEFAULT_MAX_CLIENTS)
             .map_err(|e| RunError::User(e.to_string()))?;
 
-        let (tap, tap_info) = match &cfg.tap {
-            None => (None, None),
-            Some(spec) => {
-                let mtu = cfg
-                    .mtu
-                    .unwrap_or_else(|| alm_tap::tap_mtu_for_path(1500, DATA_OVERHEAD));
-                let tcfg = TapConfig {
-                    name: spec.name.clone(),
-                    addr: spec.addr,
-                    prefix_len: spec.prefix_len,
-                    mtu,
-                };
-                let tap = Tap::create(&tcfg).map_err(|e| RunError::User(e.to_string()))?;
-                let info = TapInfo {
-                    name: tap.name().to_owned(),
-                    addr: tap.addr(),
-                    prefix_len: tap.prefix_len(),
-                    mtu: tap.mtu(),
-                };
-                (Some(tap), Some(info))
-            }
+        let tap_plan = cfg.tap.as_ref().map(|spec| {
+            let mtu = cfg
+                .mtu
+                .unwrap_or_else(|| alm_tap::tap_mtu_for_path(1500, DATA_OVERHEAD));
+            (spec.name.clone(), mtu)
+        });
+        let mut auto_pool = None;
+        let (tap, tap_info) = match (&cfg.tap, &tap_plan) {
+            (Some(spec), Some((name, mtu))) => match spec.addr {
+                TapAddr::Fixed { addr, prefix_len } => {
+                    let (tap, info) = create_tap(name, addr, prefix_len, *mtu)?;
+                    (Some(tap), Some(info))
+                }
+                TapAddr::Auto { prefix, prefix_len } => {
+                    // Created when the overlay gave us an address.
+                    auto_pool = Some((prefix, prefix_len));
+                    (None, None)
+                }
+            },
+            _ => (None, None),
         };
 
         let id = match cfg.node_id {
@@ -243,12 +268,18 @@ impl Runtime {
         let join_attempts = core_cfg.join_attempts;
         let node = Node::try_new(core_cfg, NodeId(id), PeerAddr(listen), seed)
             .map_err(|e| RunError::User(format!("invalid overlay configuration: {e}")))?;
-        let engine = match &tap_info {
-            Some(t) => Engine::Middleware(Box::new(Middleware::new(
+        let engine = match (&tap_plan, &tap_info) {
+            (Some(_), Some(t)) => Engine::Middleware(Box::new(Middleware::new(
                 node,
                 MiddlewareConfig::new(t.addr),
             ))),
-            None => Engine::Node(Box::new(node)),
+            // Auto address: the querier's queries are discarded until the
+            // TAP exists, then it restarts from the TAP's address.
+            (Some(_), None) => Engine::Middleware(Box::new(Middleware::new(
+                node,
+                MiddlewareConfig::new(Ipv4Addr::UNSPECIFIED),
+            ))),
+            (None, _) => Engine::Node(Box::new(node)),
         };
 
         let poll = Poll::new().map_err(internal("creating the poll instance"))?;
@@ -286,7 +317,7 @@ impl Runtime {
             %listen,
             udp_rcvbuf = rcv,
             udp_sndbuf = snd,
-            tap = tap_info.as_ref().map(|t| t.name.as_str()).unwrap_or("-"),
+            tap = tap_plan.as_ref().map(|t| t.0.as_str()).unwrap_or("-"),
             control = %cfg.control.display(),
             "almd started"
         );
@@ -297,6 +328,10 @@ impl Runtime {
             streams,
             tap,
             tap_info,
+            tap_plan,
+            auto_pool,
+            groups_waiting: Vec::new(),
+            groups_deadline: None,
             signals,
             control,
             listen,
@@ -335,6 +370,13 @@ impl Runtime {
         }
         self.engine.start(now, &boot);
         self.drain(now);
+        if let Some((prefix, prefix_len)) = self.auto_pool {
+            tracing::info!(pool = %format!("{prefix}/{prefix_len}"), "allocating the TAP address once joined");
+            self.engine
+                .allocate_address(now, prefix, prefix_len)
+                .map_err(|e| RunError::User(format!("--tap-prefix {prefix}/{prefix_len}: {e}")))?;
+            self.drain(now);
+        }
 
         let mut udp_pending = false;
         let mut tap_pending = false;
@@ -375,6 +417,11 @@ impl Runtime {
                 );
                 self.names.learn(&self.engine);
             }
+            if let Some(at) = self.groups_deadline
+                && Instant::now() >= at
+            {
+                self.answer_groups(None);
+            }
 
             // How long may we sleep?
             let busy = udp_pending || tap_pending || !stream_more.is_empty();
@@ -387,6 +434,9 @@ impl Runtime {
                     until = until.min(StdDuration::from_micros(t.0.saturating_sub(now.0)));
                 }
                 if let Some(at) = self.shutdown_at {
+                    until = until.min(at.saturating_duration_since(Instant::now()));
+                }
+                if let Some(at) = self.groups_deadline {
                     until = until.min(at.saturating_duration_since(Instant::now()));
                 }
                 Some(until)
@@ -593,6 +643,10 @@ impl Runtime {
         tracing::info!(signal = name, "shutting down: leaving all groups");
         let now = self.now();
         self.engine.shutdown(now);
+        if self.auto_pool.is_some() {
+            tracing::info!("releasing the TAP address");
+            self.engine.release_address(now);
+        }
         self.drain(now);
         if let Some(t) = &self.tap {
             let _ = self
@@ -604,93 +658,195 @@ impl Runtime {
     }
 
     fn on_control(&mut self, ev: &mio::event::Event) {
-        let Runtime {
-            poll,
-            engine,
-            control,
-            names,
-            listen,
-            tap_info,
-            start,
-            stats,
-            streams,
-            ..
-        } = self;
-        names.learn(engine);
-        let mut answer = |req: &Request| match req {
-            Request::Status => {
-                let ctx = StatusContext {
-                    listen: *listen,
-                    tap: tap_info.as_ref(),
-                    uptime_s: start.elapsed().as_secs_f64(),
-                    runtime: stats,
-                    stream: &streams.stats,
-                    stream_connections: streams.len(),
-                    names,
-                };
-                status::status_json(engine, &ctx)
-            }
-            Request::Groups => status::groups_answer(engine, names),
+        let now = self.now();
+        self.names.learn(&self.engine);
+        let ctx = StatusContext {
+            listen: self.listen,
+            tap: self.tap_info.as_ref(),
+            auto_address: self.auto_pool.is_some(),
+            now,
+            uptime_s: self.start.elapsed().as_secs_f64(),
+            runtime: &self.stats,
+            stream: &self.streams.stats,
+            stream_connections: self.streams.len(),
+            names: &self.names,
         };
-        control.handle_event(poll.registry(), ev, &mut answer);
+        let mut answer = Answerer {
+            engine: &self.engine,
+            ctx,
+            deferred: Vec::new(),
+        };
+        self.control
+            .handle_event(self.poll.registry(), ev, &mut answer);
+        let new = answer.deferred;
+        self.wait_for_directory(now, new);
+    }
+
+    /// Queues `groups` requests for the directory; asks the overlay for it
+    /// unless a listing is already under way.
+    fn wait_for_directory(&mut self, now: Time, tickets: Vec<Ticket>) {
+        if tickets.is_empty() {
+            return;
+        }
+        let idle = self.groups_waiting.is_empty();
+        self.groups_waiting.extend(tickets);
+        if idle {
+            self.groups_deadline = Some(Instant::now() + GROUPS_TIMEOUT);
+            self.engine.list_groups(now);
+            self.drain(now);
+        }
+    }
+
+    /// Answers every waiting `groups` request: with the directory, or with
+    /// an error when it did not come in time.
+    fn answer_groups(&mut self, records: Option<&[alm_core::GroupRecord]>) {
+        self.groups_deadline = None;
+        let waiting = std::mem::take(&mut self.groups_waiting);
+        if waiting.is_empty() {
+            return;
+        }
+        let now = self.now();
+        self.names.learn(&self.engine);
+        // The directory names the trees this node serves without a local
+        // listener (status shows their addresses from now on).
+        for r in records.unwrap_or_default() {
+            self.names.insert(r.group);
+        }
+        let value = match records {
+            Some(r) => status::directory_answer(r, now, &self.engine, &self.names),
+            None => {
+                tracing::warn!("the group directory did not answer in time");
+                serde_json::json!({"error": format!(
+                    "the overlay's group directory did not answer within {} s: check that this node has joined (almd status)",
+                    GROUPS_TIMEOUT.as_secs()
+                )})
+            }
+        };
+        let ctx = StatusContext {
+            listen: self.listen,
+            tap: self.tap_info.as_ref(),
+            auto_address: self.auto_pool.is_some(),
+            now,
+            uptime_s: self.start.elapsed().as_secs_f64(),
+            runtime: &self.stats,
+            stream: &self.streams.stats,
+            stream_connections: self.streams.len(),
+            names: &self.names,
+        };
+        let mut answer = Answerer {
+            engine: &self.engine,
+            ctx,
+            deferred: Vec::new(),
+        };
+        for t in waiting {
+            self.control
+                .complete(self.poll.registry(), t, &value, &mut answer);
+        }
+        // Requests that queued behind the answered ones get a new listing.
+        let more = answer.deferred;
+        self.wait_for_directory(now, more);
+    }
+
+    /// Creates the TAP with `addr` (or recreates it, after a lost address)
+    /// and restarts the querier from it.
+    fn attach_tap(&mut self, addr: Ipv4Addr) -> Result<(), RunError> {
+        let (Some((name, mtu)), Some((_, prefix_len))) = (self.tap_plan.clone(), self.auto_pool)
+        else {
+            return Ok(());
+        };
+        if let Some(old) = self.tap.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&old.as_raw_fd()));
+            tracing::info!(name = %old.name(), old = %old.addr(), new = %addr, "recreating the TAP with the new address");
+            // Closing the fd removes the (non-persistent) interface.
+            drop(old);
+            self.tap_info = None;
+        }
+        let (tap, info) = create_tap(&name, addr, prefix_len, mtu)?;
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&tap.as_raw_fd()), TAP, Interest::READABLE)
+            .map_err(internal("registering the TAP device"))?;
+        self.tap = Some(tap);
+        self.tap_info = Some(info);
+        let now = self.now();
+        self.engine.set_tap_addr(now, addr);
+        Ok(())
     }
 
     // ----- outputs --------------------------------------------------------
 
     /// The drain rule: everything the engine has to say, until it is quiet.
     fn drain(&mut self, now: Time) {
-        while let Some(t) = self.engine.poll_transmit() {
-            match t.channel {
-                Channel::Datagram => {
-                    let to = RawSockAddr::new(&t.to.0);
-                    match sys::send_to_2(self.udp.as_raw_fd(), &to, &t.header, &t.body) {
+        loop {
+            let mut quiet = true;
+            while let Some(t) = self.engine.poll_transmit() {
+                quiet = false;
+                match t.channel {
+                    Channel::Datagram => {
+                        let to = RawSockAddr::new(&t.to.0);
+                        match sys::send_to_2(self.udp.as_raw_fd(), &to, &t.header, &t.body) {
+                            Ok(n) => {
+                                self.stats.udp_tx_datagrams += 1;
+                                self.stats.udp_tx_bytes += n as u64;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.stats.udp_tx_would_block += 1;
+                            }
+                            Err(e) => {
+                                self.stats.udp_tx_errors += 1;
+                                tracing::debug!(to = %t.to, error = %e, "UDP send failed");
+                            }
+                        }
+                    }
+                    Channel::Stream => {
+                        self.streams.send(
+                            self.poll.registry(),
+                            t.to.0,
+                            &t.header,
+                            t.body,
+                            &mut self.stream_events,
+                        );
+                    }
+                }
+            }
+            if let Some(tap) = &self.tap {
+                let fd = tap.as_raw_fd();
+                while let Some(w) = self.engine.poll_tap_frame() {
+                    quiet = false;
+                    match sys::writev_2(fd, &w.ethernet, &w.packet) {
                         Ok(n) => {
-                            self.stats.udp_tx_datagrams += 1;
-                            self.stats.udp_tx_bytes += n as u64;
+                            self.stats.tap_tx_frames += 1;
+                            self.stats.tap_tx_bytes += n as u64;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            self.stats.udp_tx_would_block += 1;
+                            self.stats.tap_tx_would_block += 1;
                         }
                         Err(e) => {
-                            self.stats.udp_tx_errors += 1;
-                            tracing::debug!(to = %t.to, error = %e, "UDP send failed");
+                            self.stats.tap_tx_errors += 1;
+                            tracing::debug!(error = %e, "TAP write failed");
                         }
                     }
                 }
-                Channel::Stream => {
-                    self.streams.send(
-                        self.poll.registry(),
-                        t.to.0,
-                        &t.header,
-                        t.body,
-                        &mut self.stream_events,
-                    );
-                }
+            } else {
+                // No TAP yet (auto address): the querier's early queries
+                // have nowhere to go.
+                while self.engine.poll_tap_frame().is_some() {}
             }
-        }
-        if let Some(tap) = &self.tap {
-            let fd = tap.as_raw_fd();
-            while let Some(w) = self.engine.poll_tap_frame() {
-                match sys::writev_2(fd, &w.ethernet, &w.packet) {
-                    Ok(n) => {
-                        self.stats.tap_tx_frames += 1;
-                        self.stats.tap_tx_bytes += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.stats.tap_tx_would_block += 1;
-                    }
-                    Err(e) => {
-                        self.stats.tap_tx_errors += 1;
-                        tracing::debug!(error = %e, "TAP write failed");
-                    }
-                }
+            while let Some(e) = self.engine.poll_event() {
+                quiet = false;
+                self.on_event(e);
             }
-        }
-        while let Some(e) = self.engine.poll_event() {
-            self.on_event(e);
-        }
-        if !self.stream_events.is_empty() {
-            self.stream_inputs(now);
+            if !self.stream_events.is_empty() {
+                self.stream_inputs(now);
+            }
+            // An event may have made the engine speak again (a new TAP
+            // address restarts the querier).
+            if quiet {
+                return;
+            }
         }
     }
 
@@ -719,7 +875,84 @@ impl Runtime {
             Event::Delivered { key, hops, .. } => {
                 tracing::debug!(%key, hops, "lookup delivered");
             }
+            Event::AddressAllocated { addr, lease_until } => {
+                let now = self.now();
+                tracing::info!(
+                    %addr,
+                    lease_s = lease_until.0.saturating_sub(now.0) / 1_000_000,
+                    "TAP address allocated"
+                );
+                if self.tap.as_ref().is_none_or(|t| t.addr() != addr)
+                    && let Err(e) = self.attach_tap(addr)
+                {
+                    self.fatal = Some(e);
+                }
+            }
+            Event::AddressPoolExhausted(e) => {
+                tracing::error!(error = %e, "no TAP address available");
+                self.fatal = Some(RunError::User(format!(
+                    "{e}: every address is taken; give a larger --tap-prefix or an explicit --tap-addr"
+                )));
+            }
+            Event::AddressLost { addr } => {
+                tracing::warn!(
+                    %addr,
+                    "the TAP address was taken by another node (our lease lapsed): allocating a new one; the TAP keeps the old address until then"
+                );
+            }
+            Event::GroupDirectory(records) => {
+                self.answer_groups(Some(&records));
+            }
             other => tracing::debug!(event = ?other, "engine event"),
         }
     }
+}
+
+/// Answers control requests: `status` at once, `groups` once the overlay's
+/// directory arrived ([`Runtime::answer_groups`]).
+struct Answerer<'a> {
+    engine: &'a Engine,
+    ctx: StatusContext<'a>,
+    deferred: Vec<Ticket>,
+}
+
+impl Answer for Answerer<'_> {
+    fn answer(&mut self, req: &Request) -> serde_json::Value {
+        match req {
+            Request::Status => status::status_json(self.engine, &self.ctx),
+            Request::Groups => status::groups_answer(self.engine, self.ctx.names),
+        }
+    }
+
+    fn defer(&mut self, req: &Request, ticket: Ticket) -> bool {
+        if *req == Request::Groups {
+            self.deferred.push(ticket);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Creates and configures the TAP device.
+fn create_tap(
+    name: &str,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    mtu: u16,
+) -> Result<(Tap, TapInfo), RunError> {
+    let tcfg = TapConfig {
+        name: name.to_owned(),
+        addr,
+        prefix_len,
+        mtu,
+    };
+    let tap = Tap::create(&tcfg).map_err(|e| RunError::User(e.to_string()))?;
+    let info = TapInfo {
+        name: tap.name().to_owned(),
+        addr: tap.addr(),
+        prefix_len: tap.prefix_len(),
+        mtu: tap.mtu(),
+    };
+    Ok((tap, info))
 }

@@ -36,6 +36,8 @@ fn query(q: &QueryArgs, req: Request) -> ExitCode {
         Ok(v) => {
             if q.json {
                 println!("{v}");
+            } else if req == Request::Groups {
+                print!("{}", alm_mio::status::groups_table(&v));
             } else {
                 print!("{}", control::render_human(&v));
             }

@@ -1,8 +1,12 @@
 //! The JSON answers of the control socket (`almd status`, `almd groups`).
 //!
 //! `status` fields: `node_id` (32 hex digits), `listen`, `joined`,
-//! `uptime_s`, `tap` (`null` without `--tap`: else name, addr, prefix_len,
-//! mtu), `leaf_set` (`[{id, addr}]`), `routing_table_size`, `groups` (see
+//! `uptime_s`, `tap` (`null` without `--tap` and, with `--tap-addr auto`,
+//! until the address is allocated: else name, addr, prefix_len, mtu),
+//! `address` (`null` without `--tap`; else `addr` (or `null`),
+//! `prefix_len`, `lease_remaining_s` and `state`: `allocating` or `held`
+//! with `--tap-addr auto`, `static` for an explicit address, `none` after
+//! a release), `leaf_set` (`[{id, addr}]`), `routing_table_size`, `groups` (see
 //! below), `node_stats` (every `alm_core::Stats` counter), `middleware_stats`,
 //! `igmp_stats`, `scribe_drops` (data-path drops by reason) and
 //! `runtime_stats` (socket and TAP counters of almd itself).
@@ -16,17 +20,21 @@
 //! `packets_in`, `bytes_in`, `packets_out`, `bytes_out`, `delivered`,
 //! `duplicates`.
 //!
-//! `groups` answers the same `groups` list, with `"scope": "local"`: the
-//! overlay-wide group directory needs the management ring, which is not
-//! implemented yet.
+//! `groups` answers the overlay's group directory (asked for with
+//! `list_groups`): `"scope": "overlay"`, `groups` (`[{group, name, members,
+//! age_s, since_unix}]`, by address: `members` is the last announcer's
+//! estimate, and every host with a local listener announces 1, so the
+//! count is "at least one member", not a sum; `since_unix` is when the group
+//! was first announced, in seconds since the epoch by this host's clock),
+//! and `local_groups` (the `groups` list of `status`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde_json::{Value, json};
 
-use alm_core::NodeHandle;
 use alm_core::scribe::{Role, Topic};
+use alm_core::{GroupRecord, NodeHandle, Time};
 
 use crate::engine::Engine;
 
@@ -89,6 +97,13 @@ impl GroupNames {
                 self.by_topic.entry(Topic::ipv4_group(g)).or_insert(g);
             }
         }
+    }
+
+    /// Records a group address learnt elsewhere (the group directory).
+    pub fn insert(&mut self, group: Ipv4Addr) {
+        self.by_topic
+            .entry(Topic::ipv4_group(group))
+            .or_insert(group);
     }
 
     /// The group address of `topic`, if known.
@@ -167,6 +182,10 @@ pub fn groups_json(engine: &Engine, names: &GroupNames) -> Value {
 pub struct StatusContext<'a> {
     pub listen: SocketAddr,
     pub tap: Option<&'a TapInfo>,
+    /// `--tap-addr auto`.
+    pub auto_address: bool,
+    /// Engine time now.
+    pub now: Time,
     pub uptime_s: f64,
     pub runtime: &'a RuntimeStats,
     pub stream: &'a crate::stream::StreamStats,
@@ -223,6 +242,7 @@ pub fn status_json(engine: &Engine, ctx: &StatusContext<'_>) -> Value {
             "prefix_len": t.prefix_len,
             "mtu": t.mtu,
         })),
+        "address": address_json(engine, ctx),
         "leaf_set": leaf_set,
         "routing_table_size": node.routing_table_len(),
         "groups": groups_json(engine, ctx.names),
@@ -247,12 +267,151 @@ pub fn status_json(engine: &Engine, ctx: &StatusContext<'_>) -> Value {
     })
 }
 
-/// The `groups` answer.
+/// The `address` object of `status`.
+fn address_json(engine: &Engine, ctx: &StatusContext<'_>) -> Value {
+    let secs = |until: Time| (until.0.saturating_sub(ctx.now.0) as f64 / 1e5).round() / 10.0;
+    if !ctx.auto_address {
+        return match ctx.tap {
+            Some(t) => json!({
+                "addr": t.addr.to_string(),
+                "prefix_len": t.prefix_len,
+                "lease_remaining_s": Value::Null,
+                "state": "static",
+            }),
+            None => Value::Null,
+        };
+    }
+    let node = engine.node();
+    let prefix_len = ctx.tap.map(|t| t.prefix_len);
+    match node.address() {
+        Some((addr, lease_until)) => json!({
+            "addr": addr.to_string(),
+            "prefix_len": prefix_len,
+            "lease_remaining_s": secs(lease_until),
+            "state": "held",
+        }),
+        None => json!({
+            // After a lost address the TAP keeps the old one meanwhile.
+            "addr": ctx.tap.map(|t| t.addr.to_string()),
+            "prefix_len": prefix_len,
+            "lease_remaining_s": Value::Null,
+            "state": if node.mgmt().is_allocating() { "allocating" } else { "none" },
+        }),
+    }
+}
+
+/// The `groups` answer without the overlay (its local part only).
 #[must_use]
 pub fn groups_answer(engine: &Engine, names: &GroupNames) -> Value {
     json!({
         "scope": "local",
-        "note": "groups known to this node only; the overlay-wide group directory comes with the management ring (not implemented yet)",
         "groups": groups_json(engine, names),
     })
+}
+
+/// The `groups` answer: the overlay's directory and the local trees.
+#[must_use]
+pub fn directory_answer(
+    records: &[GroupRecord],
+    now: Time,
+    engine: &Engine,
+    names: &GroupNames,
+) -> Value {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut records: Vec<&GroupRecord> = records.iter().collect();
+    records.sort_by_key(|r| r.group);
+    let groups: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let age = r.since.0.min(now.0).abs_diff(now.0) as f64 / 1e6;
+            json!({
+                "group": r.group.to_string(),
+                "name": r.name,
+                "members": r.members,
+                "age_s": (age * 10.0).round() / 10.0,
+                "since_unix": (wall - age).round() as i64,
+            })
+        })
+        .collect();
+    json!({
+        "scope": "overlay",
+        "groups": groups,
+        "local_groups": groups_json(engine, names),
+    })
+}
+
+/// `almd groups` for humans: the directory as a table.
+#[must_use]
+pub fn groups_table(v: &Value) -> String {
+    let empty = Vec::new();
+    let rows = v["groups"].as_array().unwrap_or(&empty);
+    if rows.is_empty() {
+        return "no active groups in the overlay\n".to_owned();
+    }
+    let mut lines = vec![[
+        "GROUP".to_owned(),
+        "NAME".to_owned(),
+        "MEMBERS".to_owned(),
+        "SINCE".to_owned(),
+    ]];
+    for r in rows {
+        let age = r["age_s"].as_f64().unwrap_or(0.0);
+        lines.push([
+            r["group"].as_str().unwrap_or("?").to_owned(),
+            r["name"].as_str().unwrap_or("-").to_owned(),
+            r["members"].to_string(),
+            format!("{} ago", human_age(age)),
+        ]);
+    }
+    let mut widths = [0usize; 4];
+    for l in &lines {
+        for (w, c) in widths.iter_mut().zip(l) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn human_age(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_table_renders_rows() {
+        let v = json!({"groups": [
+            {"group": "239.1.2.9", "name": null, "members": 1, "age_s": 75.2, "since_unix": 0},
+            {"group": "239.10.0.1", "name": "video", "members": 3, "age_s": 4.0, "since_unix": 0},
+        ]});
+        let t = groups_table(&v);
+        assert_eq!(
+            t,
+            "GROUP       NAME   MEMBERS  SINCE\n239.1.2.9   -      1        1m15s ago\n239.10.0.1  video  3        4s ago\n"
+        );
+        assert_eq!(
+            groups_table(&json!({"groups": []})),
+            "no active groups in the overlay\n"
+        );
+        assert_eq!(human_age(7300.0), "2h01m");
+    }
 }

@@ -5,7 +5,7 @@
 //! ports; the script also serializes runs machine-wide with a file lock).
 //! It is skipped, with the reason printed, when not root, without
 //! /dev/net/tun, or without iperf / python3 / flock. Select scenarios with
-//! `ALM_E2E=a,c` (default: a,b,c,d,e,perf).
+//! `ALM_E2E=a,c` (default: a,b,c,d,e,perf,auto).
 //!
 //! Run: `sudo -E cargo test -p alm-mio --test e2e -- --nocapture`
 
@@ -232,6 +232,57 @@ fn check(scenario: &str, v: &Value) -> Vec<String> {
                 format!("one hop: jitter {jitter} ms, paper: < 15 ms"),
             );
         }
+        "auto" => {
+            let addrs: Vec<&str> = v["addresses"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            expect(
+                addrs.len() == 5,
+                format!("not every host got an address: {}", v["addresses"]),
+            );
+            let pool = u32::from(std::net::Ipv4Addr::new(172, 16, 0, 0));
+            let mut seen = std::collections::HashSet::new();
+            for a in &addrs {
+                let ip: Option<std::net::Ipv4Addr> = a.parse().ok();
+                let inside = ip.is_some_and(|ip| {
+                    let x = u32::from(ip);
+                    x & 0xffff_f000 == pool && x != pool && x != pool | 0xfff
+                });
+                expect(
+                    inside,
+                    format!("{a} is not a host address of 172.16.0.0/20"),
+                );
+                expect(seen.insert(*a), format!("{a} was given to two hosts"));
+            }
+            // The kernel's TAP carries the allocated address.
+            let kernel: Vec<String> = v["kernel_addresses"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let want: Vec<String> = addrs.iter().map(|a| format!("{a}/20")).collect();
+            expect(
+                kernel == want,
+                format!("TAP addresses {kernel:?}, status says {want:?}"),
+            );
+            expect(
+                v["group_listed"] == true,
+                format!(
+                    "h4's almd groups does not list 239.1.2.9: {}",
+                    v["h4_groups"]
+                ),
+            );
+            expect(
+                f(v, &["seconds"]) < 60.0,
+                "scenario took 60 s or more".into(),
+            );
+            expect(all_alive, "an almd died".into());
+        }
         _ => {}
     }
     errs
@@ -243,7 +294,7 @@ fn e2e_multicast_scenarios() {
         eprintln!("SKIPPED e2e_multicast_scenarios: {reason}");
         return;
     }
-    let selected = std::env::var("ALM_E2E").unwrap_or_else(|_| "a,b,c,d,e,perf".into());
+    let selected = std::env::var("ALM_E2E").unwrap_or_else(|_| "a,b,c,d,e,perf,auto".into());
     let mut failures = Vec::new();
     for s in selected.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let extra: &[&str] = if s == "perf" { &["155M"] } else { &[] };

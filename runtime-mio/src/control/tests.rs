@@ -426,3 +426,76 @@ fn human_rendering() {
         "{s}"
     );
 }
+
+/// Answers `status` at once and defers `groups`.
+struct Deferring {
+    tickets: Vec<Ticket>,
+}
+
+impl Answer for Deferring {
+    fn answer(&mut self, req: &Request) -> Value {
+        json!({ "now": format!("{req:?}") })
+    }
+    fn defer(&mut self, req: &Request, ticket: Ticket) -> bool {
+        if *req == Request::Groups {
+            self.tickets.push(ticket);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[test]
+fn deferred_answers_keep_request_order() {
+    let dir = TempDir::new();
+    let path = dir.join("d.sock");
+    let mut server = ControlServer::bind(&path, 2).expect("bind");
+    let mut poll = Poll::new().expect("poll");
+    let mut events = Events::with_capacity(16);
+    server
+        .register(poll.registry(), Token(10))
+        .expect("register");
+    let mut answer = Deferring {
+        tickets: Vec::new(),
+    };
+    let client = StdStream::connect(&path).expect("connect");
+    // Pipelined: the status must wait behind the deferred groups.
+    (&client)
+        .write_all(b"{\"cmd\":\"groups\"}\n{\"cmd\":\"status\"}\n")
+        .expect("write");
+    let deadline = Instant::now() + T;
+    while answer.tickets.is_empty() && Instant::now() < deadline {
+        poll.poll(&mut events, Some(Duration::from_millis(10)))
+            .expect("poll");
+        for ev in &events {
+            server.handle_event(poll.registry(), ev, &mut answer);
+        }
+    }
+    assert_eq!(answer.tickets.len(), 1, "groups was deferred");
+    assert_eq!(server.deferred_count(), 1);
+    // Nothing answered yet.
+    client.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 1];
+    assert!(matches!((&client).read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+    client.set_nonblocking(false).expect("blocking");
+
+    let t = answer.tickets[0];
+    server.complete(
+        poll.registry(),
+        t,
+        &json!({"groups": ["239.1.2.9"]}),
+        &mut answer,
+    );
+    assert_eq!(server.deferred_count(), 0);
+    // A stale ticket is ignored.
+    server.complete(poll.registry(), t, &json!({"x": 1}), &mut answer);
+    let mut r = BufReader::new(&client);
+    client.set_read_timeout(Some(T)).expect("timeout");
+    let mut line = String::new();
+    r.read_line(&mut line).expect("first");
+    assert_eq!(line, "{\"groups\":[\"239.1.2.9\"]}\n");
+    line.clear();
+    r.read_line(&mut line).expect("second");
+    assert_eq!(line, "{\"now\":\"Status\"}\n");
+}
