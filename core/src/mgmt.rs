@@ -531,6 +531,7 @@ impl Mgmt {
                         | DhtReply::Stored { lease_until: l, .. },
                     ) => {
                         *lease_until = l;
+                        p.set_timer(l, TimerKind::Service(MGMT_TIMER));
                     }
                     Err(DhtError::NotFound) => {
                         // The record was lost (every holder failed at once):
@@ -657,6 +658,7 @@ impl Mgmt {
             renew_at,
         };
         p.set_timer(renew_at, TimerKind::Service(MGMT_TIMER));
+        p.set_timer(lease_until, TimerKind::Service(MGMT_TIMER));
         tracing::info!(%addr, "address allocated");
         self.events
             .push_back(MgmtEvent::AddressAllocated { addr, lease_until });
@@ -741,6 +743,21 @@ impl Mgmt {
             };
             let id = dht.request(now, p, addr_name(addr), op);
             self.pending.insert(id, Pending::Confirm(addr));
+        }
+        if let Alloc::Holding {
+            pool,
+            addr,
+            lease_until,
+            ..
+        } = self.alloc
+            && lease_until <= now
+        {
+            // No renewal succeeded for a whole lease (cut off from the ring):
+            // the address may have been handed to someone else. Stop using
+            // it, and claim a new one once the ring answers again.
+            tracing::warn!(%addr, "address lease expired without renewal; allocating anew");
+            self.events.push_back(MgmtEvent::AddressLost { addr });
+            self.start(now, dht, p, pool);
         }
         if let Alloc::Holding { addr, renew_at, .. } = &mut self.alloc
             && *renew_at <= now

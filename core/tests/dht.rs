@@ -736,3 +736,34 @@ fn burst_of_joins(seed: u64) -> usize {
     }
     stale
 }
+
+#[test]
+fn a_holder_whose_renewals_fail_gives_its_address_up_after_the_lease() {
+    let mut net = Net::new(12, 109);
+    net.join_all(Duration::from_millis(10));
+    net.on(3, |n, now| {
+        n.allocate_address(now, Ipv4Addr::new(10, 1, 0, 0), 24)
+    })
+    .unwrap();
+    net.settle(Duration::from_secs(10));
+    let got = net.allocated();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let addr = got[0].1;
+    // DHT replies (0x58) are lost from now on: the ring is up, but no
+    // renewal can be confirmed.
+    net.drop_types = vec![0x58];
+    net.events.clear();
+    net.settle(Duration::from_secs(45));
+    let lost = |net: &Net| {
+        net.events
+            .iter()
+            .any(|(_, i, e)| *i == 3 && matches!(e, Event::AddressLost { addr: a } if *a == addr))
+    };
+    assert!(!lost(&net), "still within the 60 s lease");
+    net.settle(Duration::from_secs(20));
+    assert!(
+        lost(&net),
+        "the address must be given up once its lease ran out"
+    );
+    assert_ne!(net.nodes[3].address().map(|(a, _)| a), Some(addr));
+}

@@ -26,6 +26,8 @@ pub struct Net {
     pub rng: Rng,
     /// Probability that a datagram is lost.
     pub loss: f64,
+    /// Message types (byte 1 of the common header) that are always lost.
+    pub drop_types: Vec<u8>,
 }
 
 pub fn addr(i: usize) -> PeerAddr {
@@ -65,6 +67,7 @@ impl Net {
             events: Vec::new(),
             rng,
             loss: 0.0,
+            drop_types: Vec::new(),
         }
     }
 
@@ -81,10 +84,13 @@ impl Net {
             if to >= self.nodes.len() || (self.loss > 0.0 && self.rng.unit_f64() < self.loss) {
                 continue;
             }
-            let at = self.now + self.latency(i, to);
-            self.seq += 1;
             let mut buf = Vec::new();
             t.write_to(&mut buf);
+            if buf.get(1).is_some_and(|ty| self.drop_types.contains(ty)) {
+                continue;
+            }
+            let at = self.now + self.latency(i, to);
+            self.seq += 1;
             self.queue.push(Reverse((at, self.seq, i, to, buf)));
         }
         while let Some(e) = self.nodes[i].poll_event() {
