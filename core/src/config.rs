@@ -62,7 +62,7 @@ impl Default for Config {
             neighborhood_size: 32,
             pns_rows: 3,
             keepalive_interval: Duration::from_secs(20),
-            gossip_interval: Duration::from_secs(5),
+            gossip_interval: Duration::from_secs(15),
             table_probe_period: Duration::from_secs(60),
             probe_timeout: Duration::from_millis(1_000),
             probe_attempts: 3,
