@@ -16,6 +16,11 @@
 #   auto  5 hosts with --tap alm0 and no --tap-addr: each allocates its TAP
 #      address in the overlay; the addresses (status and kernel) are
 #      reported; h2 and h3 join 239.1.2.9 and h4's `almd groups` must list it.
+#   socat  another unmodified application: 3 hosts with --tap alm0 (auto
+#      addresses); on h2 two socat receivers of 239.1.2.7:5002 and one of
+#      239.1.2.8:5002, on h3 one of 239.1.2.7; a socat sender on h1 sends
+#      numbered lines to 239.1.2.7 with TTL 3 through its TAP. Reports the
+#      distinct lines each receiver got.
 #
 # Output: human-readable progress on stderr; on stdout exactly one line
 #   E2E_JSON {...}        the measurements (the Rust test asserts on them)
@@ -35,9 +40,9 @@ root="$(cd "$here/.." && pwd)"
 
 scenario="${1:-}"
 case "$scenario" in
-    a | b | c | d | e | perf | auto) ;;
+    a | b | c | d | e | perf | auto | socat) ;;
     *)
-        echo "usage: $0 a|b|c|d|e|perf|auto [RATE]" >&2
+        echo "usage: $0 a|b|c|d|e|perf|auto|socat [RATE]" >&2
         exit 2
         ;;
 esac
@@ -53,6 +58,9 @@ command -v ip >/dev/null 2>&1 || skip "ip (iproute2) is not installed"
 command -v python3 >/dev/null 2>&1 || skip "python3 is not installed (used to read almd's status JSON)"
 command -v flock >/dev/null 2>&1 || skip "flock (util-linux) is not installed"
 ip netns list >/dev/null 2>&1 || skip "ip netns does not work here"
+if [ "$scenario" = socat ]; then
+    command -v socat >/dev/null 2>&1 || skip "socat is not installed: apt-get install -y socat"
+fi
 
 target="${CARGO_TARGET_DIR:-$root/target}"
 ALMD="${ALMD:-$target/release/almd}"
@@ -119,17 +127,51 @@ start_almd() {
     ALMD_PID[$i]=$!
 }
 
-# start_almd_auto I: like start_almd, with the TAP address allocated in the overlay.
+# start_almd_auto I: like start_almd, with the TAP address allocated in the
+# overlay. With ALMD_WILDCARD=1, hosts other than h1 listen on 0.0.0.0:4000
+# and advertise their underlay address (--advertise).
 start_almd_auto() {
     local i="$1"
-    local bs=()
+    local bs=() listen=(--listen "$(netns_addr "$i"):4000")
     [ "$i" -ne 1 ] && bs=(--bootstrap "$(netns_addr 1):4000")
-    nsx "$i" "$ALMD" run --listen "$(netns_addr "$i"):4000" --tap alm0 \
+    [ "$i" -ne 1 ] && [ "${ALMD_WILDCARD:-0}" = 1 ] &&
+        listen=(--listen 0.0.0.0:4000 --advertise "$(netns_addr "$i"):4000")
+    nsx "$i" "$ALMD" run "${listen[@]}" --tap alm0 \
         --control "$D/h$i.sock" "${bs[@]}" >"$D/almd$i.log" 2>&1 &
     ALMD_PID[$i]=$!
 }
 
 status() { "$ALMD" status --control "$D/h$1.sock" --json 2>/dev/null; }
+
+# wait_tap_addr I: prints host I's allocated TAP address once it is held and
+# the TAP exists (20 s), or nothing.
+wait_tap_addr() {
+    for _ in $(seq 1 200); do
+        status "$1" >"$D/st$1.json"
+        if [ "$(json_get "$D/st$1.json" "(s['address'] or {}).get('state')")" = held ] &&
+            [ "$(json_get "$D/st$1.json" "s['tap'] is not None")" = True ]; then
+            json_get "$D/st$1.json" "s['address']['addr']"
+            return 0
+        fi
+        sleep 0.1
+    done
+}
+
+# start_overlay_auto N: hosts 1..N with start_almd_auto, all joined.
+start_overlay_auto() {
+    local n="$1" i
+    netns_setup "$n" || die "netns_setup $n"
+    for i in $(seq 1 "$n"); do
+        start_almd_auto "$i"
+        if [ "$i" -eq 1 ]; then
+            for _ in $(seq 1 50); do
+                [ -S "$D/h1.sock" ] && break
+                sleep 0.1
+            done
+        fi
+    done
+    wait_joined $(seq 1 "$n")
+}
 
 # json_get FILE|- PY_EXPR: evaluate a Python expression over the JSON `s`.
 json_get() {
@@ -375,31 +417,15 @@ perf)
     ;;
 auto)
     AGROUP=239.1.2.9
-    netns_setup 5 || die "netns_setup 5"
-    for i in 1 2 3 4 5; do
-        start_almd_auto "$i"
-        if [ "$i" -eq 1 ]; then
-            for _ in $(seq 1 50); do
-                [ -S "$D/h1.sock" ] && break
-                sleep 0.1
-            done
-        fi
-    done
-    wait_joined 1 2 3 4 5
+    start_overlay_auto 5
     # Allocation: a claim and two confirmations (~5 s) once joined.
     addrs=()
     for i in 1 2 3 4 5; do
-        a=null
-        for _ in $(seq 1 200); do
-            status "$i" >"$D/st$i.json"
-            if [ "$(json_get "$D/st$i.json" "(s['address'] or {}).get('state')")" = held ] &&
-                [ "$(json_get "$D/st$i.json" "s['tap'] is not None")" = True ]; then
-                a="\"$(json_get "$D/st$i.json" "s['address']['addr']")\""
-                break
-            fi
-            sleep 0.1
-        done
-        [ "$a" = null ] && log "h$i has no address after 20 s"
+        a="$(wait_tap_addr "$i")"
+        if [ -n "$a" ]; then a="\"$a\""; else
+            a=null
+            log "h$i has no address after 20 s"
+        fi
         addrs+=("$a")
     done
     log "addresses: ${addrs[*]} after $(elapsed) s"
@@ -430,6 +456,59 @@ auto)
         echo "$*"
     }
     echo "E2E_JSON {\"scenario\":\"auto\",\"addresses\":[$(join "${addrs[@]}")],\"kernel_addresses\":[$(join "${kaddrs[@]}")],\"group_listed\":$listed,\"h4_groups\":$g4,\"alive\":[$(alive 1),$(alive 2),$(alive 3),$(alive 4),$(alive 5)],\"seconds\":$(elapsed)}"
+    ;;
+socat)
+    SGROUP=239.1.2.7
+    OGROUP=239.1.2.8
+    SPORT=5002
+    N=200
+    # h2 and h3 also try --listen 0.0.0.0:4000 --advertise 10.77.0.I:4000.
+    ALMD_WILDCARD=1 start_overlay_auto 3
+    taps=()
+    for i in 1 2 3; do
+        a="$(wait_tap_addr "$i")"
+        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
+        taps+=("$a")
+    done
+    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+    # What the overlay learned: h1's leaf set names h2 and h3 by their
+    # advertised addresses, never 0.0.0.0.
+    status 1 >"$D/st1.json"
+    h1_leaf_addrs="$(json_get "$D/st1.json" "json.dumps(sorted(set(h['addr'] for h in s['leaf_set'])))")"
+    h2_listen="$(json_get "$D/st2.json" "s['listen']")"
+    h2_advertise="$(json_get "$D/st2.json" "s['advertise']")"
+    log "h2 listens on $h2_listen, advertises $h2_advertise; h1's leaf set: $h1_leaf_addrs"
+    # socat_recv I GROUP NAME: a socat receiver bound to GROUP:SPORT (so it
+    # only gets that group's datagrams), member through alm0, SO_REUSEADDR
+    # so several share the port on one host.
+    socat_recv() {
+        nsx "$1" socat -u \
+            "UDP4-RECV:$SPORT,bind=$2,reuseaddr,ip-add-membership=$2:alm0" - \
+            >"$D/$3.txt" 2>"$D/$3.err" &
+    }
+    socat_recv 2 "$SGROUP" r2a
+    socat_recv 2 "$SGROUP" r2b
+    socat_recv 2 "$OGROUP" r2o
+    socat_recv 3 "$SGROUP" r3
+    wait_member 2 "$SGROUP"
+    wait_member 3 "$SGROUP"
+    wait_member 2 "$OGROUP"
+    log "sending $N lines to $SGROUP:$SPORT from h1 (TTL 3, via ${taps[0]})"
+    # One line per write (paced), so one datagram per line.
+    for n in $(seq 1 "$N"); do
+        printf 'alm-socat %d\n' "$n"
+        sleep 0.005
+    done | netns_exec 1 socat -u - \
+        "UDP4-DATAGRAM:$SGROUP:$SPORT,ip-multicast-ttl=3,ip-multicast-if=${taps[0]}" \
+        2>"$D/s.err" || log "sender: $(cat "$D/s.err")"
+    sleep 1
+    got() { grep -aE '^alm-socat [0-9]+$' "$D/$1.txt" 2>/dev/null | sort -u | wc -l; }
+    junk() { grep -cavE '^alm-socat [0-9]+$' "$D/$1.txt" 2>/dev/null || true; }
+    status 2 >"$D/st2.json"
+    h2_other_delivered="$(json_get "$D/st2.json" "sum(g['delivered'] for g in s['groups'] if g['group']=='$OGROUP')")"
+    h2_delivered="$(json_get "$D/st2.json" "sum(g['delivered'] for g in s['groups'] if g['group']=='$SGROUP')")"
+    log "lines: h2 $(got r2a) + $(got r2b), h3 $(got r3), h2 other group $(got r2o)"
+    echo "E2E_JSON {\"scenario\":\"socat\",\"sent\":$N,\"taps\":[\"${taps[0]}\",\"${taps[1]}\",\"${taps[2]}\"],\"receivers\":{\"h2a\":$(got r2a),\"h2b\":$(got r2b),\"h3\":$(got r3)},\"other_group\":$(got r2o),\"other_group_bytes\":$(stat -c %s "$D/r2o.txt"),\"junk_lines\":$(($(junk r2a) + $(junk r2b) + $(junk r3))),\"h2_delivered\":$h2_delivered,\"h2_other_delivered\":$h2_other_delivered,\"h2_listen\":\"$h2_listen\",\"h2_advertise\":\"$h2_advertise\",\"h1_leaf_addrs\":$h1_leaf_addrs,\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
     ;;
 esac
 exit 0

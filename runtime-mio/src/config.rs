@@ -5,13 +5,13 @@
 //! or a [`QueryArgs`] for `almd status` / `almd groups`.
 //!
 //! The file uses the same keys as the long options of `almd run` (without the
-//! dashes, kebab-case: `listen`, `bootstrap`, `tap`, `tap-addr`, `tap-prefix`,
+//! dashes, kebab-case: `listen`, `advertise`, `bootstrap`, `tap`, `tap-addr`, `tap-prefix`,
 //! `control`, `max-children`, `node-id`, `seed`, `mtu`, `psk-file`). A value given on the
 //! command line overrides the file's; `--bootstrap` given at all replaces the
 //! file's whole list.
 //!
 //! ```toml
-//! listen = "10.77.0.1:4000"
+//! listen = "10.77.0.1:4000"   # or "0.0.0.0:4000" with advertise = "10.77.0.1:4000"
 //! bootstrap = ["10.77.0.2:4000", "10.77.0.3:4000"]
 //! tap = "alm0"
 //! tap-addr = "auto"            # the default with tap; or e.g. "172.16.0.5/20"
@@ -72,9 +72,14 @@ pub enum Command {
 /// [`RunArgs::resolve`].
 #[derive(Debug, Default, Clone, Args)]
 pub struct RunArgs {
-    /// Underlay address to listen on (UDP and TCP), e.g. 0.0.0.0:4000.
+    /// Underlay address to listen on (UDP and TCP), e.g. 10.77.0.1:4000, or
+    /// 0.0.0.0:4000 together with --advertise.
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<String>,
+    /// The address other nodes use to reach this node [default: --listen;
+    /// required when --listen has the unspecified address 0.0.0.0 or ::].
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise: Option<String>,
     /// An overlay node to join through; repeat for several. None: start a new overlay.
     #[arg(long, value_name = "IP:PORT")]
     pub bootstrap: Vec<String>,
@@ -165,6 +170,9 @@ pub struct TapSpec {
 pub struct RunConfig {
     /// Underlay listen address (UDP and TCP).
     pub listen: SocketAddr,
+    /// The address this node gives the overlay (`--advertise`); `None`: the
+    /// bound listen address, which then is a specific IP.
+    pub advertise: Option<SocketAddr>,
     /// Overlay nodes to join through; empty: start a new overlay.
     pub bootstrap: Vec<SocketAddr>,
     /// TAP device, if the middleware is enabled.
@@ -190,6 +198,8 @@ pub struct RunConfig {
 pub struct FileConfig {
     /// See `--listen`.
     pub listen: Option<String>,
+    /// See `--advertise`.
+    pub advertise: Option<String>,
     /// See `--bootstrap`.
     pub bootstrap: Option<Vec<String>>,
     /// See `--tap`.
@@ -215,6 +225,7 @@ pub struct FileConfig {
 /// The keys [`FileConfig`] accepts, for "did you mean" hints.
 pub const FILE_KEYS: &[&str] = &[
     "listen",
+    "advertise",
     "bootstrap",
     "tap",
     "tap-addr",
@@ -388,12 +399,24 @@ pub fn resolve_run(
     let invalid = |msg: String| ConfigError::Invalid(msg);
 
     let listen = match pick(cli.listen.clone(), f.listen.clone(), path) {
-        Some((v, o)) => parse_socket_addr(&v, o.label("listen"), "0.0.0.0:4000")?,
+        Some((v, o)) => parse_socket_addr(&v, o.label("listen"), "10.77.0.1:4000")?,
         None => {
             return Err(invalid(
-                "--listen is required: give the underlay address to listen on, e.g. --listen 0.0.0.0:4000 (or listen = \"0.0.0.0:4000\" in the config file)".into(),
+                "--listen is required: give the underlay address to listen on, e.g. --listen 10.77.0.1:4000 (or listen = \"10.77.0.1:4000\" in the config file)".into(),
             ));
         }
+    };
+    let listen_origin = pick(cli.listen.as_ref(), f.listen.as_ref(), path).map(|(_, o)| o);
+
+    let advertise = match pick(cli.advertise.clone(), f.advertise.clone(), path) {
+        Some((v, o)) => Some(parse_advertise(&v, o, listen)?),
+        None if listen.ip().is_unspecified() => {
+            return Err(invalid(unspecified_listen_message(
+                listen,
+                listen_origin.unwrap_or(Origin::Cli),
+            )));
+        }
+        None => None,
     };
 
     let bootstrap_src = if cli.bootstrap.is_empty() {
@@ -410,6 +433,12 @@ pub fn resolve_run(
             if addr == listen {
                 return Err(invalid(format!(
                     "{} {v} is this node's own --listen address: give the address of another node",
+                    origin.label("bootstrap")
+                )));
+            }
+            if Some(addr) == advertise {
+                return Err(invalid(format!(
+                    "{} {v} is this node's own --advertise address: give the address of another node",
                     origin.label("bootstrap")
                 )));
             }
@@ -504,6 +533,7 @@ pub fn resolve_run(
 
     Ok(RunConfig {
         listen,
+        advertise,
         bootstrap,
         tap,
         control,
@@ -521,6 +551,65 @@ fn parse_socket_addr(v: &str, label: String, example: &str) -> Result<SocketAddr
             "{label} {v} is not an IP:PORT address like {example}"
         ))
     })
+}
+
+/// The error for an unspecified `--listen` IP without `--advertise`: other
+/// nodes would learn 0.0.0.0 (or ::) as this node's address.
+fn unspecified_listen_message(listen: SocketAddr, o: Origin<'_>) -> String {
+    let port = match listen.port() {
+        0 => "PORT".to_owned(),
+        p => p.to_string(),
+    };
+    let host = if listen.is_ipv6() {
+        "[<this host's IP>]"
+    } else {
+        "<this host's IP>"
+    };
+    let fix = match o {
+        Origin::Cli => format!("--advertise {host}:{port}"),
+        Origin::File(_) => format!("advertise = \"{host}:{port}\""),
+    };
+    format!(
+        "{} {listen} does not say which address other hosts should use: add {fix}",
+        o.label("listen")
+    )
+}
+
+/// Parses `--advertise`: a specific unicast IP of the listen address's
+/// family, and a port.
+fn parse_advertise(v: &str, o: Origin<'_>, listen: SocketAddr) -> Result<SocketAddr, ConfigError> {
+    let label = o.label("advertise");
+    let addr = parse_socket_addr(v, label.clone(), "10.77.0.1:4000")?;
+    let ip = addr.ip();
+    let unusable = match ip {
+        std::net::IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        std::net::IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+    };
+    if unusable {
+        return Err(ConfigError::Invalid(format!(
+            "{label} {v} is not an address other hosts can send to: give this host's unicast IP, e.g. 10.77.0.1:{}",
+            listen.port().max(1)
+        )));
+    }
+    if addr.port() == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{label} {v} has port 0: give the port other hosts reach this node on, e.g. {ip}:{}",
+            if listen.port() == 0 {
+                4000
+            } else {
+                listen.port()
+            }
+        )));
+    }
+    if addr.is_ipv4() != listen.is_ipv4() {
+        let fam = |a: SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(ConfigError::Invalid(format!(
+            "{label} {v} is {} but --listen {listen} is {}: give addresses of the same family",
+            fam(addr),
+            fam(listen)
+        )));
+    }
+    Ok(addr)
 }
 
 fn check_tap_name(name: &str, o: Origin<'_>) -> Result<(), ConfigError> {
@@ -648,6 +737,9 @@ fn check_control_path(p: &Path, label: String) -> Result<(), ConfigError> {
 pub fn to_toml(cfg: &RunConfig) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "listen = \"{}\"", cfg.listen);
+    if let Some(a) = cfg.advertise {
+        let _ = writeln!(s, "advertise = \"{a}\"");
+    }
     if !cfg.bootstrap.is_empty() {
         let list: Vec<String> = cfg.bootstrap.iter().map(|a| format!("\"{a}\"")).collect();
         let _ = writeln!(s, "bootstrap = [{}]", list.join(", "));
@@ -737,6 +829,7 @@ mod tests {
             c,
             RunConfig {
                 listen: "10.77.0.1:4000".parse().expect("addr"),
+                advertise: None,
                 bootstrap: vec![
                     "10.77.0.2:4000".parse().expect("addr"),
                     "10.77.0.3:4001".parse().expect("addr")
@@ -791,6 +884,130 @@ mod tests {
     }
 
     #[test]
+    fn unspecified_listen_needs_advertise() {
+        let e = err(resolve_run(&run_args(&["--listen", "0.0.0.0:4000"]), None));
+        assert_eq!(
+            e,
+            "--listen 0.0.0.0:4000 does not say which address other hosts should use: add --advertise <this host's IP>:4000"
+        );
+        let e = err(resolve_run(&run_args(&["--listen", "[::]:4001"]), None));
+        assert_eq!(
+            e,
+            "--listen [::]:4001 does not say which address other hosts should use: add --advertise [<this host's IP>]:4001"
+        );
+        let e = err(resolve_run(&run_args(&["--listen", "0.0.0.0:0"]), None));
+        assert!(e.ends_with("add --advertise <this host's IP>:PORT"), "{e}");
+        // From the file, the fix is the file's key.
+        let f = file("listen = \"0.0.0.0:4000\"\n");
+        let e = err(resolve_run(
+            &RunArgs::default(),
+            Some((Path::new("/x.toml"), &f)),
+        ));
+        assert_eq!(
+            e,
+            "config file /x.toml: listen 0.0.0.0:4000 does not say which address other hosts should use: add advertise = \"<this host's IP>:4000\""
+        );
+    }
+
+    #[test]
+    fn advertise_is_resolved() {
+        // Bind everywhere, advertise one address.
+        let c = resolve_run(
+            &run_args(&["--listen", "0.0.0.0:4000", "--advertise", "10.77.0.1:4000"]),
+            None,
+        )
+        .expect("ok");
+        assert_eq!(c.listen, "0.0.0.0:4000".parse().expect("addr"));
+        assert_eq!(c.advertise, Some("10.77.0.1:4000".parse().expect("addr")));
+        // A specific listen address needs no --advertise; one may still be
+        // given (a forwarded port, say).
+        let c = resolve_run(&run_args(&["--listen", "10.77.0.1:4000"]), None).expect("ok");
+        assert_eq!(c.advertise, None);
+        let c = resolve_run(
+            &run_args(&[
+                "--listen",
+                "10.77.0.1:4000",
+                "--advertise",
+                "192.0.2.7:14000",
+            ]),
+            None,
+        )
+        .expect("ok");
+        assert_eq!(c.advertise, Some("192.0.2.7:14000".parse().expect("addr")));
+        // From the file; the command line wins; to_toml round-trips it.
+        let f = file("listen = \"0.0.0.0:4000\"\nadvertise = \"10.77.0.2:4000\"\n");
+        let c = resolve_run(&RunArgs::default(), Some((Path::new("/x.toml"), &f))).expect("ok");
+        assert_eq!(c.advertise, Some("10.77.0.2:4000".parse().expect("addr")));
+        let again = file(&to_toml(&c));
+        let c2 = resolve_run(&RunArgs::default(), Some((Path::new("/y.toml"), &again)));
+        assert_eq!(c2.expect("round trip"), c);
+        let c = resolve_run(
+            &run_args(&["--advertise", "10.77.0.3:4000"]),
+            Some((Path::new("/x.toml"), &f)),
+        )
+        .expect("ok");
+        assert_eq!(c.advertise, Some("10.77.0.3:4000".parse().expect("addr")));
+    }
+
+    #[test]
+    fn advertise_errors_are_clear() {
+        let bad = |adv: &str| {
+            err(resolve_run(
+                &run_args(&["--listen", "0.0.0.0:4000", "--advertise", adv]),
+                None,
+            ))
+        };
+        assert_eq!(
+            bad("10.77.0.1"),
+            "--advertise 10.77.0.1 is not an IP:PORT address like 10.77.0.1:4000"
+        );
+        assert_eq!(
+            bad("0.0.0.0:4000"),
+            "--advertise 0.0.0.0:4000 is not an address other hosts can send to: give this host's unicast IP, e.g. 10.77.0.1:4000"
+        );
+        assert!(
+            bad("239.1.2.3:4000").contains("is not an address other hosts can send to"),
+            "multicast"
+        );
+        assert!(
+            bad("255.255.255.255:4000").contains("is not an address other hosts can send to"),
+            "broadcast"
+        );
+        assert_eq!(
+            bad("10.77.0.1:0"),
+            "--advertise 10.77.0.1:0 has port 0: give the port other hosts reach this node on, e.g. 10.77.0.1:4000"
+        );
+        assert_eq!(
+            bad("[2001:db8::1]:4000"),
+            "--advertise [2001:db8::1]:4000 is IPv6 but --listen 0.0.0.0:4000 is IPv4: give addresses of the same family"
+        );
+        let e = err(resolve_run(
+            &run_args(&[
+                "--listen",
+                "0.0.0.0:4000",
+                "--advertise",
+                "10.77.0.1:4000",
+                "--bootstrap",
+                "10.77.0.1:4000",
+            ]),
+            None,
+        ));
+        assert_eq!(
+            e,
+            "--bootstrap 10.77.0.1:4000 is this node's own --advertise address: give the address of another node"
+        );
+        let f = file("listen = \"0.0.0.0:4000\"\nadvertise = \"x\"\n");
+        let e = err(resolve_run(
+            &RunArgs::default(),
+            Some((Path::new("/x.toml"), &f)),
+        ));
+        assert_eq!(
+            e,
+            "config file /x.toml: advertise x is not an IP:PORT address like 10.77.0.1:4000"
+        );
+    }
+
+    #[test]
     fn cli_overrides_file() {
         let f = file(
             "listen = \"10.77.0.1:4000\"\nbootstrap = [\"10.77.0.2:4000\", \"10.77.0.3:4000\"]\nseed = 1\nmax-children = 4\n",
@@ -821,7 +1038,7 @@ mod tests {
     #[test]
     fn tap_addr_errors_are_clear() {
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "300.1.2.3/20"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--tap-addr", "300.1.2.3/20"]),
             None,
         ));
         assert_eq!(
@@ -836,7 +1053,7 @@ mod tests {
             "x/20",
         ] {
             let e = err(resolve_run(
-                &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", bad]),
+                &run_args(&["--listen", "10.0.0.9:1", "--tap-addr", bad]),
                 None,
             ));
             assert_eq!(
@@ -845,17 +1062,17 @@ mod tests {
             );
         }
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "172.16.0.0/20"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--tap-addr", "172.16.0.0/20"]),
             None,
         ));
         assert!(e.contains("is the network address of its subnet"), "{e}");
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "239.0.0.1/8"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--tap-addr", "239.0.0.1/8"]),
             None,
         ));
         assert!(e.contains("is not a unicast host address"), "{e}");
         // From the file, the message names the file and key.
-        let f = file("listen = \"0.0.0.0:1\"\ntap-addr = \"1.2.3/4\"\n");
+        let f = file("listen = \"10.0.0.9:1\"\ntap-addr = \"1.2.3/4\"\n");
         let e = err(resolve_run(
             &RunArgs::default(),
             Some((Path::new("/x.toml"), &f)),
@@ -869,14 +1086,17 @@ mod tests {
     #[test]
     fn tap_defaults_and_tap_without_address() {
         let c = resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "172.16.0.5/20"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--tap-addr", "172.16.0.5/20"]),
             None,
         )
         .expect("ok");
         assert_eq!(c.tap.map(|t| t.name), Some(DEFAULT_TAP_NAME.to_owned()));
         // --tap alone: the address is allocated from the default pool.
-        let c =
-            resolve_run(&run_args(&["--listen", "0.0.0.0:1", "--tap", "alm3"]), None).expect("ok");
+        let c = resolve_run(
+            &run_args(&["--listen", "10.0.0.9:1", "--tap", "alm3"]),
+            None,
+        )
+        .expect("ok");
         assert_eq!(
             c.tap,
             Some(TapSpec {
@@ -890,7 +1110,7 @@ mod tests {
         let e = err(resolve_run(
             &run_args(&[
                 "--listen",
-                "0.0.0.0:1",
+                "10.0.0.9:1",
                 "--tap",
                 "a/b",
                 "--tap-addr",
@@ -908,7 +1128,7 @@ mod tests {
     fn tap_addr_auto_and_tap_prefix() {
         // Explicit auto, any case, implies --tap alm0.
         let c = resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-addr", "AUTO"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--tap-addr", "AUTO"]),
             None,
         )
         .expect("ok");
@@ -924,7 +1144,7 @@ mod tests {
         let c = resolve_run(
             &run_args(&[
                 "--listen",
-                "0.0.0.0:1",
+                "10.0.0.9:1",
                 "--tap",
                 "alm0",
                 "--tap-prefix",
@@ -942,7 +1162,7 @@ mod tests {
         );
         // From a file, and back through to_toml.
         let f = file(
-            "listen = \"0.0.0.0:1\"\ntap = \"alm2\"\ntap-addr = \"auto\"\ntap-prefix = \"10.1.0.0/16\"\n",
+            "listen = \"10.0.0.9:1\"\ntap = \"alm2\"\ntap-addr = \"auto\"\ntap-prefix = \"10.1.0.0/16\"\n",
         );
         let c = resolve_run(&RunArgs::default(), Some((Path::new("/x.toml"), &f))).expect("ok");
         let again = file(&to_toml(&c));
@@ -961,14 +1181,14 @@ mod tests {
             ("239.0.0.0/16", "is not a unicast network"),
         ] {
             let e = err(resolve_run(
-                &run_args(&["--listen", "0.0.0.0:1", "--tap", "a", "--tap-prefix", bad]),
+                &run_args(&["--listen", "10.0.0.9:1", "--tap", "a", "--tap-prefix", bad]),
                 None,
             ));
             assert!(e.starts_with(&format!("--tap-prefix {bad}")), "{e}");
             assert!(e.contains(want), "{e}");
         }
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--tap-prefix", "10.0.0.0/24"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--tap-prefix", "10.0.0.0/24"]),
             None,
         ));
         assert_eq!(
@@ -978,7 +1198,7 @@ mod tests {
         let e = err(resolve_run(
             &run_args(&[
                 "--listen",
-                "0.0.0.0:1",
+                "10.0.0.9:1",
                 "--tap-addr",
                 "172.16.0.5/20",
                 "--tap-prefix",
@@ -1015,7 +1235,7 @@ mod tests {
     fn file_type_and_syntax_errors_name_the_line() {
         let e = parse_file(
             Path::new("/x.toml"),
-            "listen = \"0.0.0.0:1\"\nseed = \"x\"\n",
+            "listen = \"10.0.0.9:1\"\nseed = \"x\"\n",
         )
         .expect_err("wrong type")
         .to_string();
@@ -1041,10 +1261,10 @@ mod tests {
         ));
         assert_eq!(
             e,
-            "--listen localhost:4000 is not an IP:PORT address like 0.0.0.0:4000"
+            "--listen localhost:4000 is not an IP:PORT address like 10.77.0.1:4000"
         );
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--bootstrap", "10.77.0.2"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--bootstrap", "10.77.0.2"]),
             None,
         ));
         assert_eq!(
@@ -1058,7 +1278,7 @@ mod tests {
         assert!(e.contains("own --listen address"), "{e}");
         for bad in ["", "xyz", "+1", "0x", &"f".repeat(33)] {
             let e = err(resolve_run(
-                &run_args(&["--listen", "0.0.0.0:1", "--node-id", bad]),
+                &run_args(&["--listen", "10.0.0.9:1", "--node-id", bad]),
                 None,
             ));
             assert!(
@@ -1069,7 +1289,7 @@ mod tests {
             );
         }
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--mtu", "500"]),
+            &run_args(&["--listen", "10.0.0.9:1", "--mtu", "500"]),
             None,
         ));
         assert_eq!(
@@ -1078,7 +1298,7 @@ mod tests {
         );
         let long = format!("/tmp/{}.sock", "a".repeat(120));
         let e = err(resolve_run(
-            &run_args(&["--listen", "0.0.0.0:1", "--control", &long]),
+            &run_args(&["--listen", "10.0.0.9:1", "--control", &long]),
             None,
         ));
         assert!(e.contains("a Unix socket path holds at most 107"), "{e}");
@@ -1089,7 +1309,7 @@ mod tests {
         let c = resolve_run(
             &run_args(&[
                 "--listen",
-                "0.0.0.0:1",
+                "10.0.0.9:1",
                 "--bootstrap",
                 "10.0.0.2:1",
                 "--bootstrap",
@@ -1103,7 +1323,12 @@ mod tests {
 
     #[test]
     fn missing_config_file_is_reported() {
-        let a = run_args(&["--listen", "0.0.0.0:1", "--config", "/nonexistent/alm.toml"]);
+        let a = run_args(&[
+            "--listen",
+            "10.0.0.9:1",
+            "--config",
+            "/nonexistent/alm.toml",
+        ]);
         let e = err(a.resolve());
         assert!(
             e.starts_with("config file /nonexistent/alm.toml cannot be read: "),

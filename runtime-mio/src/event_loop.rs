@@ -169,6 +169,7 @@ struct Runtime {
     signals: OwnedFd,
     control: ControlServer,
     listen: SocketAddr,
+    advertise: SocketAddr,
     bootstrap: Vec<SocketAddr>,
     join_attempts: u8,
     start: Instant,
@@ -223,12 +224,9 @@ impl Runtime {
         std_tcp
             .set_nonblocking(true)
             .map_err(internal("making the TCP listener non-blocking"))?;
-        if listen.ip().is_unspecified() {
-            tracing::warn!(
-                %listen,
-                "listening on an unspecified address: other nodes may learn an unusable address for this node; prefer --listen with this host's underlay IP"
-            );
-        }
+        // What the overlay learns as this node's address (`--advertise`, or
+        // the bound address; config refuses an unspecified one without it).
+        let advertise = cfg.advertise.unwrap_or(listen);
 
         let mut control = ControlServer::bind(&cfg.control, DEFAULT_MAX_CLIENTS)
             .map_err(|e| RunError::User(e.to_string()))?;
@@ -266,7 +264,7 @@ impl Runtime {
         let mut core_cfg = Config::default();
         core_cfg.scribe.max_children = cfg.max_children.map(usize::from);
         let join_attempts = core_cfg.join_attempts;
-        let node = Node::try_new(core_cfg, NodeId(id), PeerAddr(listen), seed)
+        let node = Node::try_new(core_cfg, NodeId(id), PeerAddr(advertise), seed)
             .map_err(|e| RunError::User(format!("invalid overlay configuration: {e}")))?;
         let engine = match (&tap_plan, &tap_info) {
             (Some(_), Some(t)) => Engine::Middleware(Box::new(Middleware::new(
@@ -290,7 +288,7 @@ impl Runtime {
             .map_err(internal("registering the UDP socket"))?;
         let streams = Streams::new(
             mio::net::TcpListener::from_std(std_tcp),
-            listen,
+            advertise,
             registry,
             TCP_LISTENER,
             STREAM_BASE,
@@ -315,6 +313,7 @@ impl Runtime {
         tracing::info!(
             node_id = %NodeId(id),
             %listen,
+            %advertise,
             udp_rcvbuf = rcv,
             udp_sndbuf = snd,
             tap = tap_plan.as_ref().map(|t| t.0.as_str()).unwrap_or("-"),
@@ -335,6 +334,7 @@ impl Runtime {
             signals,
             control,
             listen,
+            advertise,
             bootstrap: cfg.bootstrap.clone(),
             join_attempts,
             start: Instant::now(),
@@ -662,6 +662,7 @@ impl Runtime {
         self.names.learn(&self.engine);
         let ctx = StatusContext {
             listen: self.listen,
+            advertise: self.advertise,
             tap: self.tap_info.as_ref(),
             auto_address: self.auto_pool.is_some(),
             now,
@@ -724,6 +725,7 @@ impl Runtime {
         };
         let ctx = StatusContext {
             listen: self.listen,
+            advertise: self.advertise,
             tap: self.tap_info.as_ref(),
             auto_address: self.auto_pool.is_some(),
             now,

@@ -1,6 +1,8 @@
 //! The JSON answers of the control socket (`almd status`, `almd groups`).
 //!
-//! `status` fields: `node_id` (32 hex digits), `listen`, `joined`,
+//! `status` fields: `node_id` (32 hex digits), `listen` (the bound
+//! address), `advertise` (the address the overlay knows this node by),
+//! `joined`,
 //! `uptime_s`, `tap` (`null` without `--tap` and, with `--tap-addr auto`,
 //! until the address is allocated: else name, addr, prefix_len, mtu),
 //! `address` (`null` without `--tap`; else `addr` (or `null`),
@@ -181,6 +183,8 @@ pub fn groups_json(engine: &Engine, names: &GroupNames) -> Value {
 #[derive(Debug)]
 pub struct StatusContext<'a> {
     pub listen: SocketAddr,
+    /// The address the overlay knows this node by (`--advertise` or `listen`).
+    pub advertise: SocketAddr,
     pub tap: Option<&'a TapInfo>,
     /// `--tap-addr auto`.
     pub auto_address: bool,
@@ -234,6 +238,7 @@ pub fn status_json(engine: &Engine, ctx: &StatusContext<'_>) -> Value {
     json!({
         "node_id": node.id().to_string(),
         "listen": ctx.listen.to_string(),
+        "advertise": ctx.advertise.to_string(),
         "joined": node.is_joined(),
         "uptime_s": (ctx.uptime_s * 10.0).round() / 10.0,
         "tap": ctx.tap.map(|t| json!({
