@@ -949,7 +949,24 @@ impl Dht {
             (None, None) => return,
         };
         if replicas.is_empty() {
-            self.reply(now, p, origin, request, Status::Ok, 0, reply_rec);
+            if kind == WriteKind::Release {
+                self.reply(now, p, origin, request, Status::Ok, 0, reply_rec);
+                return;
+            }
+            // No other node to replicate to: we are alone, or cut off from
+            // every peer. A claim or renewal committed here alone could
+            // contradict one the rest of the ring commits meanwhile, so it
+            // is undone and not answered; the requester retries until peers
+            // are back (and its address lease runs out if they never are).
+            match prev {
+                Some(old) => {
+                    self.store.insert(name.clone(), old);
+                }
+                None => {
+                    self.store.remove(name);
+                }
+            }
+            p.stats.dht_no_replicas += 1;
             return;
         }
         let bytes = Direct::Replicate(rep).to_bytes(p.me().id);

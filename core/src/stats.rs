@@ -60,12 +60,15 @@ pub struct Stats {
     /// Requests dropped because too many waited for one key (the requester
     /// retries).
     pub dht_queue_full: u64,
+    /// Writes not committed because no replica could be asked (the node is
+    /// alone or cut off): the requester retries.
+    pub dht_no_replicas: u64,
 }
 
 impl Stats {
     /// Every counter with its name, in declaration order: what `almd status`
     /// prints, so a new counter shows up there without further code.
-    pub fn counters(&self) -> [(&'static str, u64); 28] {
+    pub fn counters(&self) -> [(&'static str, u64); 29] {
         [
             ("msgs_sent", self.msgs_sent),
             ("bytes_sent", self.bytes_sent),
@@ -95,6 +98,7 @@ impl Stats {
             ("dht_write_aborts", self.dht_write_aborts),
             ("dht_proposals_rejected", self.dht_proposals_rejected),
             ("dht_queue_full", self.dht_queue_full),
+            ("dht_no_replicas", self.dht_no_replicas),
         ]
     }
 }

@@ -767,3 +767,50 @@ fn a_holder_whose_renewals_fail_gives_its_address_up_after_the_lease() {
     );
     assert_ne!(net.nodes[3].address().map(|(a, _)| a), Some(addr));
 }
+
+#[test]
+fn a_holder_cut_off_from_every_peer_gives_its_address_up_after_the_lease() {
+    let mut net = Net::new(12, 110);
+    net.join_all(Duration::from_millis(10));
+    net.on(3, |n, now| {
+        n.allocate_address(now, Ipv4Addr::new(10, 1, 0, 0), 24)
+    })
+    .unwrap();
+    net.settle(Duration::from_secs(10));
+    let got = net.allocated();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let addr = got[0].1;
+    // Every datagram is lost: node 3 soon believes it is alone. Alone, it
+    // must not re-claim its address in its one-node ring.
+    net.loss = 1.0;
+    net.events.clear();
+    net.settle(Duration::from_secs(75));
+    let lost = net
+        .events
+        .iter()
+        .any(|(_, i, e)| *i == 3 && matches!(e, Event::AddressLost { addr: a } if *a == addr));
+    assert!(lost, "the address must be given up once its lease ran out");
+    assert_eq!(net.nodes[3].address(), None);
+    assert!(
+        net.allocated().is_empty(),
+        "nothing is allocated while cut off"
+    );
+}
+
+#[test]
+fn a_lone_node_allocates_only_once_it_has_a_peer() {
+    let mut net = Net::new(2, 111);
+    net.join_first(1, Duration::from_millis(10));
+    net.on(0, |n, now| {
+        n.allocate_address(now, Ipv4Addr::new(10, 2, 0, 0), 24)
+    })
+    .unwrap();
+    net.settle(Duration::from_secs(20));
+    assert!(
+        net.allocated().is_empty(),
+        "a one-node ring cannot commit a claim"
+    );
+    net.join_one(1, 1);
+    net.settle(Duration::from_secs(40));
+    assert_eq!(net.allocated().len(), 1, "{:?}", net.allocated());
+}
