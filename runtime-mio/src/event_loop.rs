@@ -17,11 +17,15 @@
 //!
 //! **Hot path.** Datagrams and TAP frames are received into one large
 //! `BytesMut` block and split off as frozen `Bytes` (a new block only when
-//! the current one runs low: one allocation per ~850 packets). Transmits go
-//! out with `sendmsg` of two iovecs (inline header, shared body) and TAP
-//! frames with `writev` of (Ethernet header, packet): no payload copy. A
-//! full UDP send buffer or a TAP that would block drops the packet and
-//! counts it (the data path is best effort).
+//! the current one runs low). Datagrams come in with `recvmmsg`, up to
+//! [`UDP_BATCH`] per call, each into a [`UDP_SLOT`]-byte slot of the block
+//! (a larger one spills into an overflow area and is copied out). Datagram
+//! transmits are queued by the drain and go out with `sendmmsg` (two iovecs
+//! each: inline header, shared body) when [`TX_BATCH`] are queued and before
+//! the loop polls again; TAP frames go out at once with `writev` of
+//! (Ethernet header, packet): no payload copy. A full UDP send buffer or a
+//! TAP that would block drops the packet and counts it (the data path is
+//! best effort).
 //!
 //! **Automatic TAP address** (`--tap-addr auto`, the default with `--tap`).
 //! The node joins the overlay first and claims a unique address of the
@@ -63,7 +67,7 @@ use crate::control::{Answer, ControlServer, DEFAULT_MAX_CLIENTS, Request, Ticket
 use crate::engine::Engine;
 use crate::status::{self, GroupNames, RuntimeStats, StatusContext, TapInfo};
 use crate::stream::{StreamEvent, Streams};
-use crate::sys::{self, RawSockAddr};
+use crate::sys;
 
 /// Datagrams read per loop pass at most.
 pub const UDP_BUDGET: usize = 256;
@@ -79,6 +83,14 @@ pub const GROUPS_TIMEOUT: StdDuration = StdDuration::from_secs(3);
 const RX_BLOCK: usize = 1 << 20;
 /// Spare room a receive needs: the largest UDP datagram.
 const RX_NEED: usize = 64 * 1024;
+/// Datagrams one `recvmmsg` reads at most.
+const UDP_BATCH: usize = 32;
+/// Room for one datagram of a `recvmmsg` batch in the receive block (a
+/// full-MTU data packet); what does not fit goes to the overflow area and is
+/// copied out (large control messages only).
+const UDP_SLOT: usize = 2048;
+/// Transmits collected before one `sendmmsg`.
+const TX_BATCH: usize = sys::MMSG_BATCH;
 
 /// Underlay overhead around a captured IPv4 packet: IPv4 + UDP headers and
 /// alm's data header.
@@ -137,15 +149,22 @@ pub fn listen_error(addr: SocketAddr, proto: &str, e: &io::Error) -> RunError {
     RunError::User(msg)
 }
 
-/// A block of receive memory that datagrams are split off.
+/// A block of receive memory that datagrams are split off. `buf` holds
+/// the block's unused (zeroed) rest: receives write into its front and
+/// split what they got off.
 struct RxBlock {
     buf: BytesMut,
+    /// Per-slot spill area of a `recvmmsg` batch (datagrams over
+    /// [`UDP_SLOT`]), reused.
+    overflow: Vec<u8>,
+    got: [sys::Received; UDP_BATCH],
 }
 
 impl RxBlock {
-    fn ensure(&mut self, stats: &mut RuntimeStats) {
-        if self.buf.capacity() - self.buf.len() < RX_NEED {
-            self.buf = BytesMut::with_capacity(RX_BLOCK);
+    fn ensure(&mut self, need: usize, stats: &mut RuntimeStats) {
+        if self.buf.len() < need {
+            // Zeroed memory comes fresh from mmap: no memset cost.
+            self.buf = BytesMut::zeroed(RX_BLOCK);
             stats.rx_blocks_allocated += 1;
         }
     }
@@ -178,6 +197,9 @@ struct Runtime {
     names: GroupNames,
     igmp_seen: u64,
     stream_events: Vec<StreamEvent>,
+    /// Datagram transmits waiting for one `sendmmsg` (sent before the loop
+    /// sleeps or when [`TX_BATCH`] are queued).
+    tx_queue: Vec<alm_core::Transmit>,
     /// Set by the drain when the engine asks us to stop (join failed).
     fatal: Option<RunError>,
     shutdown_at: Option<Instant>,
@@ -340,6 +362,8 @@ impl Runtime {
             start: Instant::now(),
             rx: RxBlock {
                 buf: BytesMut::new(),
+                overflow: vec![0; UDP_BATCH * RX_NEED],
+                got: [sys::Received::default(); UDP_BATCH],
             },
             stats: RuntimeStats {
                 udp_rcvbuf: i64::from(rcv),
@@ -349,6 +373,7 @@ impl Runtime {
             names: GroupNames::default(),
             igmp_seen: 0,
             stream_events: Vec::new(),
+            tx_queue: Vec::with_capacity(TX_BATCH),
             fatal: None,
             shutdown_at: None,
         })
@@ -403,6 +428,7 @@ impl Runtime {
             if let Some(at) = self.shutdown_at
                 && Instant::now() >= at
             {
+                self.flush_tx();
                 let mut ev = std::mem::take(&mut self.stream_events);
                 self.streams.flush_all(self.poll.registry(), &mut ev);
                 tracing::info!("almd stopped");
@@ -442,6 +468,7 @@ impl Runtime {
                 Some(until)
             };
             self.stats.loop_passes += 1;
+            self.flush_tx();
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -494,25 +521,52 @@ impl Runtime {
     /// out (more may be queued).
     fn read_udp(&mut self) -> bool {
         let now = self.now();
-        for _ in 0..UDP_BUDGET {
-            self.rx.ensure(&mut self.stats);
-            let spare = &mut self.rx.buf.spare_capacity_mut()[..RX_NEED];
-            match sys::recv_from(self.udp.as_raw_fd(), spare) {
-                Ok((n, from)) => {
-                    if n > RX_NEED {
-                        self.stats.udp_rx_truncated += 1;
-                        continue;
+        let mut left = UDP_BUDGET;
+        while left > 0 {
+            let want = left.min(UDP_BATCH);
+            self.rx.ensure(UDP_BATCH * UDP_SLOT, &mut self.stats);
+            let rx = &mut self.rx;
+            let res = sys::recv_many(
+                self.udp.as_raw_fd(),
+                &mut rx.buf[..UDP_BATCH * UDP_SLOT],
+                UDP_SLOT,
+                &mut rx.overflow,
+                &mut rx.got[..want],
+            );
+            match res {
+                Ok(0) => return false,
+                Ok(got) => {
+                    left -= got;
+                    for i in 0..got {
+                        let r = self.rx.got[i];
+                        let mut slot = self.rx.buf.split_to(UDP_SLOT);
+                        let n = r.len;
+                        if n > UDP_SLOT + RX_NEED {
+                            self.stats.udp_rx_truncated += 1;
+                            continue;
+                        }
+                        let Some(from) = r.from else {
+                            continue;
+                        };
+                        let bytes = if n <= UDP_SLOT {
+                            slot.truncate(n);
+                            slot.freeze()
+                        } else {
+                            // A large control message: copy it out whole.
+                            let ovf = self.rx.overflow.len() / want;
+                            let mut whole = BytesMut::with_capacity(n);
+                            whole.extend_from_slice(&slot);
+                            whole.extend_from_slice(&self.rx.overflow[i * ovf..][..n - UDP_SLOT]);
+                            whole.freeze()
+                        };
+                        self.stats.udp_rx_datagrams += 1;
+                        self.stats.udp_rx_bytes += n as u64;
+                        self.engine.handle_datagram(now, PeerAddr(from), bytes);
+                        self.drain(now);
                     }
-                    let Some(from) = from else {
-                        continue;
-                    };
-                    // SAFETY: recvfrom initialised the first `n` spare bytes.
-                    unsafe { self.rx.buf.set_len(n) };
-                    let bytes = self.rx.buf.split_to(n).freeze();
-                    self.stats.udp_rx_datagrams += 1;
-                    self.stats.udp_rx_bytes += n as u64;
-                    self.engine.handle_datagram(now, PeerAddr(from), bytes);
-                    self.drain(now);
+                    if got < want {
+                        return false;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
@@ -520,6 +574,7 @@ impl Runtime {
                     // details wait in the error queue.
                     tracing::trace!(error = %e, "UDP socket error");
                     self.read_icmp_errors(now);
+                    left -= 1;
                 }
             }
         }
@@ -568,13 +623,10 @@ impl Runtime {
         let fd = tap.as_raw_fd();
         let now = self.now();
         for _ in 0..TAP_BUDGET {
-            self.rx.ensure(&mut self.stats);
-            let spare = &mut self.rx.buf.spare_capacity_mut()[..RX_NEED];
-            match sys::read_into(fd, spare) {
+            self.rx.ensure(RX_NEED, &mut self.stats);
+            match sys::read_into(fd, &mut self.rx.buf[..RX_NEED]) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    // SAFETY: read initialised the first `n` spare bytes.
-                    unsafe { self.rx.buf.set_len(n) };
                     let frame = self.rx.buf.split_to(n).freeze();
                     self.stats.tap_rx_frames += 1;
                     self.stats.tap_rx_bytes += n as u64;
@@ -788,19 +840,9 @@ impl Runtime {
                 quiet = false;
                 match t.channel {
                     Channel::Datagram => {
-                        let to = RawSockAddr::new(&t.to.0);
-                        match sys::send_to_2(self.udp.as_raw_fd(), &to, &t.header, &t.body) {
-                            Ok(n) => {
-                                self.stats.udp_tx_datagrams += 1;
-                                self.stats.udp_tx_bytes += n as u64;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                self.stats.udp_tx_would_block += 1;
-                            }
-                            Err(e) => {
-                                self.stats.udp_tx_errors += 1;
-                                tracing::debug!(to = %t.to, error = %e, "UDP send failed");
-                            }
+                        self.tx_queue.push(t);
+                        if self.tx_queue.len() >= TX_BATCH {
+                            self.flush_tx();
                         }
                     }
                     Channel::Stream => {
@@ -850,6 +892,33 @@ impl Runtime {
                 return;
             }
         }
+    }
+
+    /// Sends the queued datagrams, [`TX_BATCH`] per `sendmmsg`. A datagram
+    /// the kernel refuses is dropped and counted (best effort), like a
+    /// single send.
+    fn flush_tx(&mut self) {
+        let fd = self.udp.as_raw_fd();
+        let mut start = 0;
+        while start < self.tx_queue.len() {
+            match sys::send_many(fd, &self.tx_queue[start..]) {
+                Ok((sent, bytes)) => {
+                    self.stats.udp_tx_datagrams += sent as u64;
+                    self.stats.udp_tx_bytes += bytes as u64;
+                    start += sent.max(1);
+                }
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        self.stats.udp_tx_would_block += 1;
+                    } else {
+                        self.stats.udp_tx_errors += 1;
+                        tracing::debug!(to = %self.tx_queue[start].to, error = %e, "UDP send failed");
+                    }
+                    start += 1;
+                }
+            }
+        }
+        self.tx_queue.clear();
     }
 
     fn on_event(&mut self, e: Event) {

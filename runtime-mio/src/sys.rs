@@ -1,6 +1,7 @@
 //! The few system calls the event loop makes directly through libc, because
-//! std/mio have no zero-copy form of them: `sendmsg` with two iovecs (header
-//! and shared body), `recvfrom` into a buffer's spare capacity, `writev` of a
+//! std/mio have no zero-copy or batched form of them: `sendmsg`/`sendmmsg`
+//! with two iovecs per datagram (header and shared body), `recvfrom` and
+//! `recvmmsg` into a receive block, `writev` of a
 //! TAP frame's two slices, socket buffer sizes, a `signalfd` for SIGINT and
 //! SIGTERM, and OS randomness for node ids and seeds.
 //!
@@ -138,6 +139,138 @@ pub fn send_to_2(fd: RawFd, to: &RawSockAddr, header: &[u8], body: &[u8]) -> io:
     }
 }
 
+/// Most datagrams one [`send_many`] or [`recv_many`] call handles.
+pub const MMSG_BATCH: usize = 64;
+
+/// `sendmmsg`: up to [`MMSG_BATCH`] datagrams, each from an inline header
+/// and a shared body (two iovecs, no copy), in one system call. Returns how
+/// many were sent from the front of `msgs` and their total size; an error
+/// means the first one failed (sending it alone gives its errno).
+pub fn send_many(fd: RawFd, msgs: &[alm_core::Transmit]) -> io::Result<(usize, usize)> {
+    let n = msgs.len().min(MMSG_BATCH);
+    if n == 0 {
+        return Ok((0, 0));
+    }
+    let addrs: [RawSockAddr; MMSG_BATCH] = std::array::from_fn(|i| match msgs.get(i) {
+        Some(t) => RawSockAddr::new(&t.to.0),
+        None => RawSockAddr::new(&SocketAddr::from(([0, 0, 0, 0], 0))),
+    });
+    let mut iovs = [[iovec(&[]), iovec(&[])]; MMSG_BATCH];
+    // SAFETY: mmsghdr is plain old data; zero is a valid initial value.
+    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, t) in msgs[..n].iter().enumerate() {
+        iovs[i] = [iovec(&t.header), iovec(&t.body)];
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&raw const addrs[i].storage).cast_mut().cast();
+        h.msg_namelen = addrs[i].len;
+        if t.header.is_empty() {
+            h.msg_iov = iovs[i][1..].as_mut_ptr();
+            h.msg_iovlen = 1;
+        } else {
+            h.msg_iov = iovs[i].as_mut_ptr();
+            h.msg_iovlen = 2;
+        }
+    }
+    loop {
+        // SAFETY: the first `n` headers point at `addrs`, `iovs` and the
+        // transmits' bytes, which all outlive the call; the kernel only
+        // reads them and writes each header's `msg_len`.
+        let rc = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+        match cvt(rc as isize) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(sent) => {
+                let bytes = hdrs[..sent].iter().map(|h| h.msg_len as usize).sum();
+                return Ok((sent, bytes));
+            }
+        }
+    }
+}
+
+/// One datagram of a [`recv_many`] call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Received {
+    /// Its length: more than the slot size means the rest is in the slot's
+    /// overflow area.
+    pub len: usize,
+    pub from: Option<SocketAddr>,
+}
+
+/// `recvmmsg`: up to `out.len()` (at most [`MMSG_BATCH`]) datagrams in one
+/// system call. Datagram `i` lands in `slots[i*slot..][..slot]`, and what
+/// does not fit there in `overflow[i*ovf..][..ovf]` with
+/// `ovf = overflow.len() / out.len()`. Returns how many arrived.
+pub fn recv_many(
+    fd: RawFd,
+    slots: &mut [u8],
+    slot: usize,
+    overflow: &mut [u8],
+    out: &mut [Received],
+) -> io::Result<usize> {
+    let n = out.len().min(MMSG_BATCH).min(slots.len() / slot);
+    if n == 0 {
+        return Ok(0);
+    }
+    let ovf = overflow.len() / n;
+    let mut addrs: [RawSockAddr; MMSG_BATCH] = std::array::from_fn(|_| RawSockAddr {
+        // SAFETY: zero is a valid sockaddr_storage.
+        storage: unsafe { std::mem::zeroed() },
+        len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    });
+    let mut iovs = [[iovec(&[]), iovec(&[])]; MMSG_BATCH];
+    // SAFETY: mmsghdr is plain old data; zero is a valid initial value.
+    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, (s, o)) in slots
+        .chunks_exact_mut(slot)
+        .zip(overflow.chunks_exact_mut(ovf))
+        .take(n)
+        .enumerate()
+    {
+        iovs[i] = [
+            libc::iovec {
+                iov_base: s.as_mut_ptr().cast(),
+                iov_len: s.len(),
+            },
+            libc::iovec {
+                iov_base: o.as_mut_ptr().cast(),
+                iov_len: o.len(),
+            },
+        ];
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&raw mut addrs[i].storage).cast();
+        h.msg_namelen = addrs[i].len;
+        h.msg_iov = iovs[i].as_mut_ptr();
+        h.msg_iovlen = 2;
+    }
+    loop {
+        // SAFETY: the first `n` headers point at disjoint writable slices
+        // of `slots` and `overflow` and at `addrs`, all alive for the call.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        match cvt(rc as isize) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(got) => {
+                for i in 0..got {
+                    addrs[i].len = hdrs[i].msg_hdr.msg_namelen;
+                    out[i] = Received {
+                        len: hdrs[i].msg_len as usize,
+                        from: addrs[i].to_std(),
+                    };
+                }
+                return Ok(got);
+            }
+        }
+    }
+}
+
 /// `recvfrom(fd, buf, MSG_TRUNC)`: returns the datagram's full length (which
 /// exceeds `buf.len()` if it was truncated) and the sender.
 pub fn recv_from(
@@ -170,8 +303,8 @@ pub fn recv_from(
     }
 }
 
-/// `read(fd, buf)` into uninitialised memory (a TAP frame).
-pub fn read_into(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+/// `read(fd, buf)` (a TAP frame).
+pub fn read_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is writable for its length.
         let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -429,6 +562,37 @@ mod tests {
             .map(|b| unsafe { b.assume_init() })
             .collect();
         assert_eq!(got, b"only");
+    }
+
+    #[test]
+    fn batched_datagrams_arrive_whole() {
+        use std::os::fd::AsRawFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = alm_core::PeerAddr(rx.local_addr().expect("addr"));
+        let big = bytes::Bytes::from(vec![7u8; 3000]);
+        let msgs = vec![
+            alm_core::Transmit::datagram(to, bytes::Bytes::from_static(b"one")),
+            alm_core::Transmit::datagram(to, big.clone()),
+        ];
+        let (sent, len) = send_many(tx.as_raw_fd(), &msgs).expect("send");
+        assert_eq!((sent, len), (2, 3003));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut slots = vec![0u8; 4 * 16];
+        let mut overflow = vec![0u8; 4 * 4096];
+        let mut out = [Received::default(); 4];
+        let got = recv_many(rx.as_raw_fd(), &mut slots, 16, &mut overflow, &mut out).expect("recv");
+        assert_eq!(got, 2);
+        assert_eq!(out[0].len, 3);
+        assert_eq!(&slots[..3], b"one");
+        assert_eq!(out[0].from, tx.local_addr().ok());
+        assert_eq!(out[1].len, 3000);
+        assert!(
+            slots[16..32]
+                .iter()
+                .chain(&overflow[4096..4096 + 2984])
+                .all(|&b| b == 7)
+        );
     }
 
     #[test]
