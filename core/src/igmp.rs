@@ -399,6 +399,11 @@ impl IgmpRouter {
         self.out.frames.pop_front()
     }
 
+    /// Whether `group` has listeners on the link.
+    pub fn has_listeners(&self, group: Ipv4Addr) -> bool {
+        self.groups.contains_key(&group)
+    }
+
     /// Groups with listeners on the link, in ascending address order.
     pub fn groups(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.groups.keys().copied()

@@ -32,6 +32,7 @@ use crate::igmp::{IgmpConfig, IgmpEvent, IgmpRouter};
 use crate::node::{Event, Node};
 use crate::scribe::Topic;
 use crate::time::Time;
+use crate::util::{Map, new_map};
 
 /// A frame to write into the TAP: a 14-byte Ethernet header and the IPv4
 /// packet as delivered by the tree. Runtimes write both with one `writev`,
@@ -126,7 +127,11 @@ pub struct Middleware {
     tap_out: VecDeque<TapWrite>,
     events: VecDeque<Event>,
     stats: MiddlewareStats,
+    topics: Map<Ipv4Addr, Topic>,
 }
+
+/// Groups whose topic the middleware remembers.
+const TOPIC_CACHE: usize = 1024;
 
 impl Middleware {
     pub fn new(node: Node, cfg: MiddlewareConfig) -> Self {
@@ -138,6 +143,7 @@ impl Middleware {
             tap_out: VecDeque::new(),
             events: VecDeque::new(),
             stats: MiddlewareStats::default(),
+            topics: new_map(0),
         }
     }
 
@@ -192,7 +198,8 @@ impl Middleware {
                     // The packet is a sub-slice of `frame`: share, don't copy.
                     let start = packet.as_ptr() as usize - frame.as_ptr() as usize;
                     let body = frame.slice(start..start + packet.len());
-                    match self.node.publish(now, Topic::ipv4_group(group), body) {
+                    let topic = self.topic_of(group);
+                    match self.node.publish(now, topic, body) {
                         Ok(()) => self.stats.published += 1,
                         Err(_) => self.stats.not_joined += 1,
                     }
@@ -289,11 +296,13 @@ impl Middleware {
             // listener leaves.
             match e {
                 IgmpEvent::Joined(g) => {
-                    self.node.subscribe(now, Topic::ipv4_group(g));
+                    let t = self.topic_of(g);
+                    self.node.subscribe(now, t);
                     self.node.announce_group(now, g, None, 1);
                 }
                 IgmpEvent::Left(g) => {
-                    self.node.unsubscribe(now, Topic::ipv4_group(g));
+                    let t = self.topic_of(g);
+                    self.node.unsubscribe(now, t);
                     self.node.withdraw_group(now, g);
                 }
             }
@@ -320,12 +329,12 @@ impl Middleware {
                 return;
             }
         };
-        if Topic::ipv4_group(group) != topic {
+        if self.topic_of(group) != topic {
             // Delivered on another group's tree: forged or confused.
             self.stats.rejected_from_overlay += 1;
             return;
         }
-        if !self.igmp.groups().any(|g| g == group) {
+        if !self.igmp.has_listeners(group) {
             self.stats.not_subscribed += 1;
             return;
         }
@@ -334,6 +343,22 @@ impl Middleware {
         ethernet[6..12].copy_from_slice(&frame::ROUTER_MAC);
         ethernet[12..].copy_from_slice(&0x0800u16.to_be_bytes());
         self.push_tap(TapWrite { ethernet, packet });
+    }
+
+    /// The topic of `group`. A topic is a blake3 hash: computing it for
+    /// every captured or delivered packet would be the costliest step of the
+    /// per-packet path, so topics are remembered (a host sees few groups;
+    /// the cache is simply emptied should it ever fill).
+    fn topic_of(&mut self, group: Ipv4Addr) -> Topic {
+        if let Some(t) = self.topics.get(&group) {
+            return *t;
+        }
+        if self.topics.len() >= TOPIC_CACHE {
+            self.topics.clear();
+        }
+        let t = Topic::ipv4_group(group);
+        self.topics.insert(group, t);
+        t
     }
 
     fn push_tap(&mut self, f: TapWrite) {
