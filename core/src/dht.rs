@@ -250,6 +250,20 @@ pub enum DhtError {
     Invalid,
 }
 
+/// Remove `peer` from every wait list; the ids whose list it emptied.
+fn stop_waiting_for<'a>(
+    lists: impl Iterator<Item = (u64, &'a mut SmallVec<[NodeId; 8]>)>,
+    peer: NodeId,
+) -> SmallVec<[u64; 4]> {
+    lists
+        .filter_map(|(id, waiting)| {
+            let before = waiting.len();
+            waiting.retain(|x| *x != peer);
+            (before != waiting.len() && waiting.is_empty()).then_some(id)
+        })
+        .collect()
+}
+
 /// Most requests waiting for one key at its responsible node while a fetch
 /// or a write of that key is under way; more are dropped (and re-sent by
 /// their requester).
@@ -1427,28 +1441,16 @@ impl Dht {
 
     /// A node was declared dead: stop waiting for it.
     pub fn peer_down(&mut self, now: Time, p: &mut Pastry, peer: NodeHandle) {
-        let done: SmallVec<[u64; 4]> = self
-            .writes
-            .iter_mut()
-            .filter_map(|(id, w)| {
-                let before = w.waiting.len();
-                w.waiting.retain(|x| *x != peer.id);
-                (before != w.waiting.len() && w.waiting.is_empty()).then_some(*id)
-            })
-            .collect();
-        for id in done {
+        for id in stop_waiting_for(
+            self.writes.iter_mut().map(|(id, w)| (*id, &mut w.waiting)),
+            peer.id,
+        ) {
             self.finish_write(now, p, id);
         }
-        let done: SmallVec<[u64; 4]> = self
-            .fetches
-            .iter_mut()
-            .filter_map(|(id, f)| {
-                let before = f.waiting.len();
-                f.waiting.retain(|x| *x != peer.id);
-                (before != f.waiting.len() && f.waiting.is_empty()).then_some(*id)
-            })
-            .collect();
-        for id in done {
+        for id in stop_waiting_for(
+            self.fetches.iter_mut().map(|(id, f)| (*id, &mut f.waiting)),
+            peer.id,
+        ) {
             self.finish_fetch(now, p, id);
         }
         for s in self.store.values_mut() {

@@ -115,6 +115,29 @@ pub enum RunError {
     Internal(String),
 }
 
+/// The control socket's answerer, borrowing the loop's fields one by one
+/// (a method would borrow the whole loop while `self.control` is in use).
+macro_rules! answerer {
+    ($s:ident, $now:expr) => {
+        Answerer {
+            engine: &$s.engine,
+            ctx: StatusContext {
+                listen: $s.listen,
+                advertise: $s.advertise,
+                tap: $s.tap_info.as_ref(),
+                auto_address: $s.auto_pool.is_some(),
+                now: $now,
+                uptime_s: $s.start.elapsed().as_secs_f64(),
+                runtime: &$s.stats,
+                stream: &$s.streams.stats,
+                stream_connections: $s.streams.len(),
+                names: &$s.names,
+            },
+            deferred: Vec::new(),
+        }
+    };
+}
+
 impl RunError {
     /// The process exit code for this error.
     #[must_use]
@@ -712,23 +735,7 @@ impl Runtime {
     fn on_control(&mut self, ev: &mio::event::Event) {
         let now = self.now();
         self.names.learn(&self.engine);
-        let ctx = StatusContext {
-            listen: self.listen,
-            advertise: self.advertise,
-            tap: self.tap_info.as_ref(),
-            auto_address: self.auto_pool.is_some(),
-            now,
-            uptime_s: self.start.elapsed().as_secs_f64(),
-            runtime: &self.stats,
-            stream: &self.streams.stats,
-            stream_connections: self.streams.len(),
-            names: &self.names,
-        };
-        let mut answer = Answerer {
-            engine: &self.engine,
-            ctx,
-            deferred: Vec::new(),
-        };
+        let mut answer = answerer!(self, now);
         self.control
             .handle_event(self.poll.registry(), ev, &mut answer);
         let new = answer.deferred;
@@ -775,23 +782,7 @@ impl Runtime {
                 )})
             }
         };
-        let ctx = StatusContext {
-            listen: self.listen,
-            advertise: self.advertise,
-            tap: self.tap_info.as_ref(),
-            auto_address: self.auto_pool.is_some(),
-            now,
-            uptime_s: self.start.elapsed().as_secs_f64(),
-            runtime: &self.stats,
-            stream: &self.streams.stats,
-            stream_connections: self.streams.len(),
-            names: &self.names,
-        };
-        let mut answer = Answerer {
-            engine: &self.engine,
-            ctx,
-            deferred: Vec::new(),
-        };
+        let mut answer = answerer!(self, now);
         for t in waiting {
             self.control
                 .complete(self.poll.registry(), t, &value, &mut answer);
