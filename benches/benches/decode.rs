@@ -37,6 +37,7 @@ fn messages() -> Vec<(&'static str, Repr)> {
                 flags: state_flags::JOIN_ROWS | state_flags::JOIN_FINAL,
                 rtt_hint: 12_345,
                 table: hs[..16].to_vec(),
+                table_rtts: Vec::new(),
                 leaves: hs[16..32].to_vec(),
                 neighbors: hs[32..].to_vec(),
             }),

@@ -23,6 +23,13 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Every routing-table entry is probed once per this period.
     pub table_probe_period: Duration,
+    /// Rounds of routing-table refinement right after joining, at 2, 4, 8,
+    /// ... seconds: each asks a node near us for every proximity row. The
+    /// rows a joiner copies from its join path were chosen for nodes
+    /// elsewhere (and, while the overlay itself is young, from few
+    /// candidates); these rounds bring its table close to what periodic
+    /// maintenance converges to, within the first minute instead of many.
+    pub refine_rounds: u8,
     /// How often a node gossips its leaf set to its nearest neighbours (and
     /// checks which leaves need a probe).
     pub gossip_interval: Duration,
@@ -64,6 +71,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(20),
             gossip_interval: Duration::from_secs(15),
             table_probe_period: Duration::from_secs(60),
+            refine_rounds: 5,
             probe_timeout: Duration::from_millis(1_000),
             probe_attempts: 3,
             ack_timeout: Duration::from_millis(1_000),

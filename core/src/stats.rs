@@ -26,6 +26,11 @@ pub struct Stats {
     pub peers_declared_dead: u64,
     /// Application lookups delivered here.
     pub lookups_delivered: u64,
+    /// RTT probes (pings) sent: proximity measurements and liveness checks.
+    pub probes_sent: u64,
+    /// Routing-table candidates not probed because the triangle inequality
+    /// proved them no nearer than the slot's measured holder.
+    pub probes_pruned: u64,
     // ----- DHT of the management ring (`crate::dht`) -----
     /// DHT requests that reached us as the responsible node.
     pub dht_requests_served: u64,
@@ -68,7 +73,7 @@ pub struct Stats {
 impl Stats {
     /// Every counter with its name, in declaration order: what `almd status`
     /// prints, so a new counter shows up there without further code.
-    pub fn counters(&self) -> [(&'static str, u64); 29] {
+    pub fn counters(&self) -> [(&'static str, u64); 31] {
         [
             ("msgs_sent", self.msgs_sent),
             ("bytes_sent", self.bytes_sent),
@@ -83,6 +88,8 @@ impl Stats {
             ("reroutes", self.reroutes),
             ("peers_declared_dead", self.peers_declared_dead),
             ("lookups_delivered", self.lookups_delivered),
+            ("probes_sent", self.probes_sent),
+            ("probes_pruned", self.probes_pruned),
             ("dht_requests_served", self.dht_requests_served),
             ("dht_replicas_stored", self.dht_replicas_stored),
             ("dht_handoffs_sent", self.dht_handoffs_sent),

@@ -89,6 +89,10 @@ pub struct PhaseReport {
     /// Mean over delivered lookups of path delay / direct delay (source to
     /// deliverer), skipping lookups delivered at their source.
     pub stretch_mean: Option<f64>,
+    /// Total path delay over total direct delay of the same lookups: the
+    /// delay-weighted stretch, which pairs of nearby nodes (whose few-ms
+    /// direct delay makes any detour a large ratio) do not dominate.
+    pub stretch_of_totals: Option<f64>,
     pub path_delay_mean_ms: f64,
     /// Deliveries beyond the first for one lookup.
     pub duplicate_deliveries: u64,
@@ -121,6 +125,7 @@ pub struct PastryReport {
     pub correct_fraction: f64,
     pub delivered_fraction: f64,
     pub stretch_mean: Option<f64>,
+    pub stretch_of_totals: Option<f64>,
     pub path_delay_mean_ms: f64,
     pub duplicate_deliveries: u64,
     pub wrong_root_rank_mean: f64,
@@ -424,6 +429,7 @@ where
         correct_fraction: before.correct_fraction,
         delivered_fraction: before.delivered_fraction,
         stretch_mean: before.stretch_mean,
+        stretch_of_totals: before.stretch_of_totals,
         path_delay_mean_ms: before.path_delay_mean_ms,
         duplicate_deliveries: before.duplicate_deliveries,
         wrong_root_rank_mean: before.wrong_root_rank_mean,
@@ -509,6 +515,7 @@ where
     let (mut hops_sum, mut correct, mut delay_sum) = (0u64, 0u64, 0u64);
     let (mut wrong, mut rank_sum, mut rank_max) = (0u64, 0u64, 0u64);
     let (mut stretch_sum, mut stretch_n) = (0.0f64, 0u64);
+    let (mut path_total, mut direct_total) = (0u64, 0u64);
     for l in &phase.lookups {
         let Some((node, hops, at)) = l.result else {
             continue;
@@ -544,6 +551,8 @@ where
         if direct > 0 {
             stretch_sum += path as f64 / direct as f64;
             stretch_n += 1;
+            path_total += path;
+            direct_total += direct;
         }
     }
     let delivered = phase.delivered as u64;
@@ -566,6 +575,7 @@ where
             delivered as f64 / total_f
         },
         stretch_mean: (stretch_n > 0).then(|| stretch_sum / stretch_n as f64),
+        stretch_of_totals: (direct_total > 0).then(|| path_total as f64 / direct_total as f64),
         path_delay_mean_ms: delay_sum as f64 / dd / 1e3,
         duplicate_deliveries: phase.duplicates,
         wrong_root_rank_mean: rank_sum as f64 / wrong.max(1) as f64,
@@ -678,6 +688,7 @@ pub fn render_table(r: &PastryReport) -> String {
         correct_fraction: r.correct_fraction,
         delivered_fraction: r.delivered_fraction,
         stretch_mean: r.stretch_mean,
+        stretch_of_totals: r.stretch_of_totals,
         path_delay_mean_ms: r.path_delay_mean_ms,
         duplicate_deliveries: r.duplicate_deliveries,
         wrong_root_rank_mean: r.wrong_root_rank_mean,
@@ -692,8 +703,8 @@ pub fn render_table(r: &PastryReport) -> String {
     };
     let _ = writeln!(
         s,
-        "\n  {:<15}{:>9}{:>9}{:>9}{:>10}{:>10}{:>9}{:>11}  hops histogram",
-        "phase", "hops", "max", "stretch", "correct", "delivered", "live", "wrong rank"
+        "\n  {:<15}{:>9}{:>9}{:>9}{:>9}{:>10}{:>10}{:>9}{:>11}  hops histogram",
+        "phase", "hops", "max", "stretch", "(totals)", "correct", "delivered", "live", "wrong rank"
     );
     for (name, ph) in phases {
         // Non-zero bins only; the tail of a long histogram is elided.
@@ -710,11 +721,13 @@ pub fn render_table(r: &PastryReport) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:<15}{:>9.3}{:>9}{:>9}{:>10.4}{:>10.4}{:>9}{:>11}  {}",
+            "  {:<15}{:>9.3}{:>9}{:>9}{:>9}{:>10.4}{:>10.4}{:>9}{:>11}  {}",
             name,
             ph.hops_mean,
             ph.hops_max,
             ph.stretch_mean.map_or("-".into(), |x| format!("{x:.3}")),
+            ph.stretch_of_totals
+                .map_or("-".into(), |x| format!("{x:.3}")),
             ph.correct_fraction,
             ph.delivered_fraction,
             ph.live_nodes,

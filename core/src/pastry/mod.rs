@@ -88,6 +88,9 @@ pub enum TimerKind {
     JoinSettle,
     /// An early gossip round after the leaf set changed.
     Gossip,
+    /// Post-join routing-table refinement round `n` (see
+    /// `Config::refine_rounds`).
+    Refine(u8),
     /// Timers of the services built on Pastry (Scribe, DHT...).
     Service(u8),
 }
@@ -121,8 +124,6 @@ struct Probe {
     heard: bool,
 }
 
-pub static DBG: [std::sync::atomic::AtomicU64; 16] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 16];
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
 const MAX_HOPS: u8 = 40;
 
@@ -284,6 +285,7 @@ impl Pastry {
                         }
                     }
                 }
+                TimerKind::Refine(n) => self.refine_table(now, n),
                 TimerKind::Service(s) => fired.push(s),
             }
         }
@@ -293,14 +295,6 @@ impl Pastry {
 
     /// Queue a Pastry message to `to`.
     pub fn send(&mut self, to: PeerAddr, repr: &Repr) {
-        let k = match repr {
-            Repr::State(st) => 8 + (st.flags.trailing_zeros() as usize).min(7),
-            r => r.msg_type() as usize,
-        };
-        DBG[k].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if self.is_active() {
-            DBG[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
         let bytes = repr.to_bytes(self.me.id);
         self.send_raw(Transmit::datagram(to, bytes));
     }
@@ -327,6 +321,7 @@ impl Pastry {
             },
         );
         self.set_timer(deadline, TimerKind::Probe(h.id));
+        self.stats.probes_sent += 1;
         let flags = if self.is_active() { PING_ACTIVE } else { 0 };
         let rtt_hint = self.known_rtt(h.id);
         self.send(
@@ -437,6 +432,9 @@ impl Pastry {
         for row in 0..self.cfg.pns_rows.min(self.table.num_rows()) {
             self.request_row_from_nearby(row, 0);
         }
+        if self.cfg.refine_rounds > 0 {
+            self.set_timer(now + Duration::from_secs(2), TimerKind::Refine(0));
+        }
         self.upcalls.push_back(Upcall::Joined);
     }
 
@@ -497,6 +495,13 @@ impl Pastry {
     /// ourselves (so it is alive); second-hand nodes are verified with a
     /// probe before they can matter.
     fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
+        self.offer_bounded(now, h, rtt, direct, 0);
+    }
+
+    /// `offer`, knowing that our RTT to `h` is at least `floor` µs (from a
+    /// triangle inequality, see `on_state`): a candidate that cannot beat
+    /// the measured holder of its routing-table slot is not probed.
+    fn offer_bounded(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool, floor: u32) {
         // Our own id, or someone else's id at our address (forged, or a
         // stale entry of a node that ran here before): never a peer.
         if h.id == self.me.id || h.addr == self.me.addr {
@@ -546,7 +551,18 @@ impl Pastry {
                     want_probe = true;
                 }
             }
-            Offer::NeedsRtt => want_probe = measure,
+            Offer::NeedsRtt => {
+                let holder = self
+                    .table
+                    .slot(h.id)
+                    .and_then(|(r, c)| self.table.get(r, c))
+                    .map_or(RTT_UNKNOWN, |e| e.rtt);
+                let hopeless = holder != RTT_UNKNOWN && holder <= floor;
+                if hopeless {
+                    self.stats.probes_pruned += 1;
+                }
+                want_probe = measure && !hopeless;
+            }
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
@@ -699,6 +715,22 @@ impl Pastry {
             if !self.leaves.contains(h.id) {
                 self.ping(now, h);
             }
+        }
+    }
+
+    /// Refinement round `n` after joining: ask the `n`-th nearest suitable
+    /// node (cycling through the four nearest) for each proximity row, then
+    /// schedule the next round twice as far out.
+    fn refine_table(&mut self, now: Time, n: u8) {
+        if !self.is_active() {
+            return;
+        }
+        for row in 0..self.cfg.pns_rows.min(self.table.num_rows()) {
+            self.request_row_from_nearby(row, usize::from(n % 4));
+        }
+        if n + 1 < self.cfg.refine_rounds {
+            let wait = Duration::from_secs(2u64 << (n + 1).min(16));
+            self.set_timer(now + wait, TimerKind::Refine(n + 1));
         }
     }
 
@@ -1152,11 +1184,16 @@ impl Pastry {
                 if !self.is_active() {
                     return;
                 }
-                let table = self.table.row(usize::from(row)).map(|e| e.handle).collect();
+                let (table, table_rtts) = self
+                    .table
+                    .row(usize::from(row))
+                    .map(|e| (e.handle, e.rtt))
+                    .unzip();
                 let state = State {
-                    flags: sf::ROW,
+                    flags: sf::ROW | sf::TABLE_RTTS,
                     rtt_hint: self.known_rtt(from.id),
                     table,
+                    table_rtts,
                     ..State::default()
                 };
                 self.send(from.addr, &Repr::State(state));
@@ -1196,12 +1233,18 @@ impl Pastry {
             return;
         }
         self.offer(now, from, state.rtt_hint, true);
-        for h in state
-            .table
-            .iter()
-            .chain(&state.leaves)
-            .chain(&state.neighbors)
-        {
+        // With the sender's RTT to each table entry, the triangle inequality
+        // bounds ours from below: rtt(us, e) >= rtt(sender, e) - rtt(us, sender).
+        let to_sender = self.known_rtt(from.id);
+        let with_rtts = state.flags & sf::TABLE_RTTS != 0 && to_sender != RTT_UNKNOWN;
+        for (i, h) in state.table.iter().enumerate() {
+            let floor = match state.table_rtts.get(i) {
+                Some(&r) if with_rtts && r != RTT_UNKNOWN => r.saturating_sub(to_sender),
+                _ => 0,
+            };
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, floor);
+        }
+        for h in state.leaves.iter().chain(&state.neighbors) {
             self.offer(now, *h, RTT_UNKNOWN, false);
         }
         if state.flags & sf::GOSSIP != 0 && self.is_active() {
@@ -1214,5 +1257,86 @@ impl Pastry {
             self.set_timer(now + self.cfg.join_settle, TimerKind::JoinSettle);
             self.maybe_finish_join(now, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Header, MsgType};
+
+    fn handle(top_digit: u128, low: u128, host: u8) -> NodeHandle {
+        NodeHandle::new(
+            NodeId((top_digit << 124) | low),
+            PeerAddr::v4(10, 0, 0, host, 4000),
+        )
+    }
+
+    /// Types and destinations of what `p` queued, draining it.
+    fn sent(p: &mut Pastry) -> Vec<(MsgType, PeerAddr)> {
+        p.transmits
+            .drain(..)
+            .map(|t| {
+                let hdr = Header::new_checked(&t.body[..]).expect("valid header");
+                (hdr.msg_type().expect("known type"), t.to)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn row_replies_with_rtts_skip_candidates_that_cannot_win() {
+        let mut rng = Rng::new(7);
+        let me = handle(0, 1, 1);
+        let mut p = Pastry::new(Config::default(), me, &mut rng);
+        let now = Time::from_micros(1_000_000);
+        p.join(now, &[]);
+        assert!(p.is_active());
+        // Slot (0, 5) is held by a node 1 ms away; the replier is 0.1 ms
+        // away in slot (0, 3).
+        let holder = handle(5, 10, 2);
+        let replier = handle(3, 11, 3);
+        for (h, rtt) in [(holder, 1_000), (replier, 100)] {
+            let ping = Repr::Ping {
+                token: 0,
+                flags: PING_ACTIVE,
+                rtt_hint: rtt,
+            };
+            p.handle(now, h, ping);
+        }
+        sent(&mut p);
+        // Two candidates for slot (0, 5): 1.5 ms and 0.9 ms from the
+        // replier, so at least 1.4 ms and 0.8 ms from us.
+        let far = handle(5, 12, 4);
+        let maybe = handle(5, 13, 5);
+        let state = State {
+            flags: sf::ROW | sf::TABLE_RTTS,
+            rtt_hint: 100,
+            table: vec![far, maybe],
+            table_rtts: vec![1_500, 900],
+            ..State::default()
+        };
+        p.handle(now, replier, Repr::State(state));
+        let pings: Vec<PeerAddr> = sent(&mut p)
+            .into_iter()
+            .filter(|(ty, _)| *ty == MsgType::Ping)
+            .map(|(_, to)| to)
+            .collect();
+        assert_eq!(pings, vec![maybe.addr]);
+        assert_eq!(p.stats.probes_pruned, 1);
+        // Without the RTTs both would have been probed.
+        let state = State {
+            flags: sf::ROW,
+            rtt_hint: 100,
+            table: vec![handle(5, 14, 6)],
+            ..State::default()
+        };
+        p.handle(now, replier, Repr::State(state));
+        assert_eq!(
+            sent(&mut p)
+                .iter()
+                .filter(|(ty, _)| *ty == MsgType::Ping)
+                .count(),
+            1
+        );
     }
 }

@@ -21,9 +21,10 @@
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
-//! | 0 | 1 | flags: 1 join rows, 2 join final (leaf set), 4 join contact (neighbourhood), 8 leaf set, 16 row reply, 32 gossip (answer if you know better) |
+//! | 0 | 1 | flags: 1 join rows, 2 join final (leaf set), 4 join contact (neighbourhood), 8 leaf set, 16 row reply, 32 gossip (answer if you know better), 64 table RTTs follow the table |
 //! | 1 | 4 | sender's measured RTT to the receiver in µs, `u32::MAX` if unknown |
 //! | 5 | list | routing-table entries: count (1) then handles |
+//! | .. | 4 each | with flag 64 only: the sender's RTT (µs) to each table entry, in order |
 //! | .. | list | leaf set: count (1) then handles |
 //! | .. | list | neighbourhood set: count (1) then handles |
 //!
@@ -42,8 +43,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    Error, HEADER_LEN, MsgType, Reader, Result, emit_header, handle_len, handles_len, put_handle,
-    put_handles,
+    Error, HEADER_LEN, MAX_LIST, MsgType, Reader, Result, emit_header, handle_len, handles_len,
+    put_handle, put_handles,
 };
 use crate::addr::NodeHandle;
 use crate::id::NodeId;
@@ -86,6 +87,11 @@ pub mod state_flags {
     /// Unsolicited leaf-set gossip: answer with yours if you know nodes the
     /// sender's leaf set is missing.
     pub const GOSSIP: u8 = 32;
+    /// The table entries are followed by the sender's measured RTT to each
+    /// (µs, `RTT_UNKNOWN` if not measured): with its own RTT to the sender
+    /// the receiver bounds its RTT to each entry from below and measures
+    /// only those that could beat what it has.
+    pub const TABLE_RTTS: u8 = 64;
 }
 
 /// Ping flag: the sender is an active member; consider it for your tables.
@@ -110,8 +116,20 @@ pub struct State {
     pub flags: u8,
     pub rtt_hint: u32,
     pub table: Vec<NodeHandle>,
+    /// With `TABLE_RTTS`: the sender's RTT to each `table` entry, in order
+    /// (missing values are sent as `RTT_UNKNOWN`, extra ones are ignored).
+    pub table_rtts: Vec<u32>,
     pub leaves: Vec<NodeHandle>,
     pub neighbors: Vec<NodeHandle>,
+}
+
+/// Number of RTT values a `State` carries after its table entries.
+fn table_rtts_len(s: &State) -> usize {
+    if s.flags & state_flags::TABLE_RTTS != 0 {
+        s.table.len().min(MAX_LIST)
+    } else {
+        0
+    }
 }
 
 /// A decoded Pastry message body.
@@ -181,12 +199,23 @@ impl Repr {
                 let flags = r.u8()?;
                 let rtt_hint = r.u32()?;
                 let table = r.handles()?;
+                let mut table_rtts = Vec::new();
+                if flags & state_flags::TABLE_RTTS != 0 {
+                    if table.len() * 4 > r.remaining() {
+                        return Err(Error::Truncated);
+                    }
+                    table_rtts.reserve_exact(table.len());
+                    for _ in 0..table.len() {
+                        table_rtts.push(r.u32()?);
+                    }
+                }
                 let leaves = r.handles()?;
                 let neighbors = r.handles()?;
                 Repr::State(State {
                     flags,
                     rtt_hint,
                     table,
+                    table_rtts,
                     leaves,
                     neighbors,
                 })
@@ -215,6 +244,7 @@ impl Repr {
                 Repr::State(s) => {
                     1 + 4
                         + handles_len(&s.table)
+                        + 4 * table_rtts_len(s)
                         + handles_len(&s.leaves)
                         + handles_len(&s.neighbors)
                 }
@@ -241,6 +271,9 @@ impl Repr {
                 out.put_u8(s.flags);
                 out.put_u32(s.rtt_hint);
                 put_handles(out, &s.table);
+                for i in 0..table_rtts_len(s) {
+                    out.put_u32(s.table_rtts.get(i).copied().unwrap_or(RTT_UNKNOWN));
+                }
                 put_handles(out, &s.leaves);
                 put_handles(out, &s.neighbors);
             }
@@ -327,7 +360,14 @@ mod tests {
             rtt_hint: 1234,
             table: vec![h(1), h(2)],
             leaves: vec![h(3)],
-            neighbors: vec![],
+            ..State::default()
+        }));
+        roundtrip(Repr::State(State {
+            flags: state_flags::ROW | state_flags::TABLE_RTTS,
+            rtt_hint: 9,
+            table: vec![h(1), h(2)],
+            table_rtts: vec![300, RTT_UNKNOWN],
+            ..State::default()
         }));
         roundtrip(Repr::State(State::default()));
         roundtrip(Repr::Announce {
