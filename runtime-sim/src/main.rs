@@ -17,7 +17,7 @@ use alm_sim::build::secs;
 use alm_sim::fake::{Directory, FakeEngine};
 use alm_sim::mgmt::{MgmtParams, run_mgmt};
 use alm_sim::pastry::{PastryParams, PastryReport, render_table, run_pastry};
-use alm_sim::scribe::{ScribeParams, ScribeReport, run_scribe};
+use alm_sim::scribe::{ScribeParams, ScribeReport, SourceKind, run_scribe};
 use alm_sim::svg::{Series, bar_chart, cdf_chart};
 use alm_sim::topology::TopologyKind;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -86,6 +86,10 @@ struct ScribeArgs {
     /// Datagram loss probability.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Who sends each group's packet: its `root` (the Scribe paper's delay
+    /// experiment) or a random `member` (up the tree and down again).
+    #[arg(long, value_enum, default_value = "root")]
+    source: SourceKind,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -228,6 +232,7 @@ fn scribe(a: ScribeArgs) -> ExitCode {
         tree_settle: secs(a.tree_settle_s),
         publish_interval: secs(a.publish_interval_ms / 1e3),
         deliver_timeout: secs(a.deliver_timeout_s),
+        source: a.source,
         progress: a.progress,
         ..ScribeParams::default()
     };

@@ -25,6 +25,7 @@
 use crate::addr::index_of;
 use crate::build::{Joiner, offset_us, peak_rss_mb, progress, quantile, unique_ids};
 use crate::engine::{SimEvent, SimTransmit};
+use crate::pastry::closest_live;
 use crate::sim::{Action, NetConfig, Observer, Sim};
 use crate::topology::{AnyTopology, Topology, TopologyKind, TransitStub};
 use alm_core::{Config, Duration, Node, NodeId, PeerAddr, Rng, Time, Topic};
@@ -56,8 +57,22 @@ pub struct ScribeParams {
     pub bootstrap_samples: usize,
     /// Exponent of the group-size distribution (the paper's 1.25).
     pub size_exponent: f64,
+    /// Which node publishes each group's packet.
+    pub source: SourceKind,
     pub net: NetConfig,
     pub progress: bool,
+}
+
+/// Who sends a group's packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// The group's root (the live node closest to the topic key), as in the
+    /// Scribe paper's delay experiments: delays are those of the tree alone.
+    Root,
+    /// A random member: the packet climbs the tree to the members' common
+    /// ancestor and comes down again (alm's bidirectional data path).
+    Member,
 }
 
 impl Default for ScribeParams {
@@ -76,6 +91,7 @@ impl Default for ScribeParams {
             deliver_timeout: Duration::from_secs(5),
             bootstrap_samples: 16,
             size_exponent: 1.25,
+            source: SourceKind::Root,
             net: NetConfig::default(),
             progress: false,
         }
@@ -97,6 +113,8 @@ pub struct ScribeReport {
     pub nodes: usize,
     pub groups: usize,
     pub topology: String,
+    /// Who published each group's packet.
+    pub source: SourceKind,
     pub seed: u64,
     pub joined: usize,
     pub join_failures: usize,
@@ -483,9 +501,24 @@ pub fn run_scribe(p: &ScribeParams) -> ScribeReport {
         m.sort_unstable();
         sc.members.push(m);
     }
+    let mut live: Vec<(u128, u32)> = sc
+        .join
+        .joined
+        .iter()
+        .map(|&i| (sc.join.ids[i as usize], i))
+        .collect();
+    live.sort_unstable();
+    let live_ids: Vec<u128> = live.iter().map(|&(id, _)| id).collect();
     for (g, m) in sc.members.iter().enumerate() {
         if !m.is_empty() {
-            sc.sources[g] = Some(m[group_rng.index(m.len())]);
+            // Draw either way, so both choices see the same groups.
+            let member = m[group_rng.index(m.len())];
+            sc.sources[g] = match p.source {
+                SourceKind::Member => Some(member),
+                SourceKind::Root => closest_live(&live_ids, sc.topics[g].0)
+                    .and_then(|id| live.binary_search_by_key(&id, |&(x, _)| x).ok())
+                    .map(|pos| live[pos].1),
+            };
         }
         sc.delivered_at.push(vec![NOT_YET; m.len()]);
         sc.subs.extend(m.iter().map(|&node| (node, g as u32)));
@@ -576,7 +609,7 @@ pub fn run_scribe(p: &ScribeParams) -> ScribeReport {
     for (g, m) in sc.members.iter().enumerate() {
         let Some(src) = sc.sources[g] else { continue };
         groups_published += 1;
-        expected += m.len() as u64 - 1;
+        expected += m.len() as u64 - u64::from(m.binary_search(&src).is_ok());
         let mut complete = true;
         // (max, sum) of overlay and of direct delays over delivered members.
         let (mut omax, mut osum, mut dmax, mut dsum, mut cnt) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -643,6 +676,7 @@ pub fn run_scribe(p: &ScribeParams) -> ScribeReport {
         nodes: n,
         groups: p.groups,
         topology,
+        source: p.source,
         seed: p.seed,
         joined: sc.join.joined.len(),
         join_failures: sc.join.failed,
@@ -721,8 +755,8 @@ pub fn render_table(r: &ScribeReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "scribe: {} nodes, {} groups ({} members, largest {}), topology {}, seed {}",
-        r.nodes, r.groups, r.members_total, r.largest_group, r.topology, r.seed
+        "scribe: {} nodes, {} groups ({} members, largest {}), topology {}, source {:?}, seed {}",
+        r.nodes, r.groups, r.members_total, r.largest_group, r.topology, r.source, r.seed
     );
     let opt_f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
     let opt_u = |x: Option<u64>| x.map_or("-".into(), |v| v.to_string());

@@ -4,7 +4,7 @@
 
 use alm_core::Duration;
 use alm_sim::mgmt::{MgmtParams, MgmtReport, run_mgmt};
-use alm_sim::scribe::{ScribeParams, run_scribe};
+use alm_sim::scribe::{ScribeParams, SourceKind, run_scribe};
 use std::net::Ipv4Addr;
 
 fn scribe_params(nodes: usize, groups: usize, seed: u64) -> ScribeParams {
@@ -18,8 +18,18 @@ fn scribe_params(nodes: usize, groups: usize, seed: u64) -> ScribeParams {
 
 #[test]
 fn scribe_200_nodes_10_groups_delivers_every_packet() {
-    let r = run_scribe(&scribe_params(200, 10, 1));
+    for source in [SourceKind::Root, SourceKind::Member] {
+        scribe_200_nodes_from(source);
+    }
+}
+
+fn scribe_200_nodes_from(source: SourceKind) {
+    let r = run_scribe(&ScribeParams {
+        source,
+        ..scribe_params(200, 10, 1)
+    });
     let json = serde_json::to_string(&r).unwrap();
+    assert_eq!(r.source, source);
     assert_eq!(r.joined, 200, "{json}");
     assert_eq!(r.groups_published, 10, "{json}");
     assert!(r.expected > 0, "{json}");
