@@ -486,7 +486,8 @@ impl Node {
             | MsgType::Ping
             | MsgType::Pong
             | MsgType::LeafSetRequest
-            | MsgType::RowRequest => match Repr::parse(ty, &bytes) {
+            | MsgType::RowRequest
+            | MsgType::RttReport => match Repr::parse(ty, &bytes) {
                 Ok(repr) => self.pastry.handle(now, sender, repr),
                 Err(e) => self.decode_error(from, e),
             },

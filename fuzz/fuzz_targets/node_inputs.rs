@@ -134,10 +134,14 @@ enum Kind {
     },
     Pong {
         token: u64,
+        flags: u8,
     },
     LeafSetRequest,
     RowRequest {
         row: u8,
+    },
+    RttReport {
+        rtt: u32,
     },
 }
 
@@ -410,7 +414,8 @@ impl Harness {
                 flags,
                 rtt_hint,
             },
-            Kind::Pong { token } => Repr::Pong { token },
+            Kind::Pong { token, flags } => Repr::Pong { token, flags },
+            Kind::RttReport { rtt } => Repr::RttReport { rtt },
             Kind::LeafSetRequest => Repr::LeafSetRequest,
             Kind::RowRequest { row } => Repr::RowRequest { row },
         }
@@ -441,7 +446,13 @@ impl Harness {
             })
         };
         match sent {
-            Repr::Ping { token, .. } => self.deliver(to, me, &Repr::Pong { token }),
+            Repr::Ping { token, .. } => {
+                let pong = Repr::Pong {
+                    token,
+                    flags: alm_core::wire::pastry::PONG_WANT_RTT,
+                };
+                self.deliver(to, me, &pong)
+            }
             Repr::Route(r) => {
                 if r.service == Service::Join && r.hops == 0 {
                     let all = state_flags::JOIN_ROWS
@@ -457,7 +468,10 @@ impl Harness {
                 self.deliver(to, me, &state(state_flags::LEAFSET))
             }
             Repr::RowRequest { .. } => self.deliver(to, me, &state(state_flags::ROW)),
-            Repr::RouteAck { .. } | Repr::State(_) | Repr::Pong { .. } => {}
+            Repr::RouteAck { .. }
+            | Repr::State(_)
+            | Repr::Pong { .. }
+            | Repr::RttReport { .. } => {}
         }
     }
 

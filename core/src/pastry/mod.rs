@@ -51,7 +51,7 @@ use crate::time::{Duration, Time};
 use crate::util::{Map, new_map};
 
 use crate::wire::pastry::{
-    PING_ACTIVE, RTT_UNKNOWN, Repr, Route, Service, State, state_flags as sf,
+    PING_ACTIVE, PONG_WANT_RTT, RTT_UNKNOWN, Repr, Route, Service, State, state_flags as sf,
 };
 
 use leafset::{LeafSet, Side};
@@ -198,6 +198,9 @@ pub struct Pastry {
     /// Upcalls, drained by the owner inside its own `handle_*`.
     pub upcalls: VecDeque<Upcall>,
     pub stats: Stats,
+    /// While answering a ping from this node: a probe of it is folded into
+    /// our pong (`PONG_WANT_RTT`); the flag says one was wanted.
+    fold_probe: Option<(NodeId, bool)>,
 }
 
 impl Pastry {
@@ -223,6 +226,7 @@ impl Pastry {
             transmits: VecDeque::new(),
             upcalls: VecDeque::new(),
             stats: Stats::default(),
+            fold_probe: None,
             rng: rng.fork(),
             cfg,
         }
@@ -308,6 +312,13 @@ impl Pastry {
 
     fn ping(&mut self, now: Time, h: NodeHandle) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
+            return;
+        }
+        if let Some((id, folded)) = &mut self.fold_probe
+            && *id == h.id
+        {
+            // Answering its ping: the pong asks for the RTT instead.
+            *folded = true;
             return;
         }
         let deadline = now + self.cfg.probe_timeout;
@@ -545,7 +556,11 @@ impl Pastry {
             .table
             .slot(h.id)
             .is_some_and(|(row, _)| row < self.cfg.pns_rows);
-        match self.table.offer(h, rtt) {
+        let offered = self.table.offer(h, rtt);
+        if direct {
+            self.table.heard(h.id, now);
+        }
+        match offered {
             Offer::Inserted | Offer::Replaced(_) => {
                 if rtt == RTT_UNKNOWN && measure {
                     want_probe = true;
@@ -578,6 +593,7 @@ impl Pastry {
     /// Something arrived from `from`: it is alive.
     fn heard(&mut self, now: Time, from: NodeHandle) {
         self.leaves.heard(from.id, now);
+        self.table.heard(from.id, now);
         if let Some(p) = self.probes.get_mut(&from.id) {
             p.heard = true;
         }
@@ -708,7 +724,14 @@ impl Pastry {
             scanned += 1;
             let (row, col) = (i / self.cfg.cols(), i % self.cfg.cols());
             if let Some(e) = self.table.get(row, col) {
-                picked.push(e.handle);
+                // Heard from within half a period: as good as a pong. (Not
+                // a whole period: a node that crashes right after we heard
+                // from it must still be found within about one.)
+                if now.saturating_since(e.heard).as_micros()
+                    >= self.cfg.table_probe_period.as_micros() / 2
+                {
+                    picked.push(e.handle);
+                }
             }
         }
         for h in picked {
@@ -1148,12 +1171,30 @@ impl Pastry {
                 flags,
                 rtt_hint,
             } => {
-                self.send(from.addr, &Repr::Pong { token });
+                let mut pong_flags = 0;
                 if flags & PING_ACTIVE != 0 && self.is_active() {
+                    // If we want to measure the pinger, its ping already
+                    // is half of that: ask it to report what our pong
+                    // measures instead of pinging it back.
+                    self.fold_probe = Some((from.id, false));
                     self.offer(now, from, rtt_hint, true);
+                    if let Some((_, true)) = self.fold_probe.take() {
+                        pong_flags = PONG_WANT_RTT;
+                    }
+                }
+                let pong = Repr::Pong {
+                    token,
+                    flags: pong_flags,
+                };
+                self.send(from.addr, &pong);
+            }
+            Repr::RttReport { rtt } => {
+                if self.is_active() {
+                    let rtt = rtt.clamp(1, RTT_UNKNOWN - 1);
+                    self.offer(now, from, rtt, true);
                 }
             }
-            Repr::Pong { token } => {
+            Repr::Pong { token, flags } => {
                 if self.probes.remove(&from.id).is_none() {
                     // Unsolicited or late: nothing to measure.
                     return;
@@ -1165,6 +1206,10 @@ impl Pastry {
                     .saturating_sub(token)
                     .clamp(1, u64::from(RTT_UNKNOWN - 1));
                 self.offer(now, from, rtt as u32, true);
+                if flags & PONG_WANT_RTT != 0 {
+                    let report = Repr::RttReport { rtt: rtt as u32 };
+                    self.send(from.addr, &report);
+                }
                 self.maybe_finish_join(now, false);
             }
             Repr::LeafSetRequest => {
@@ -1281,6 +1326,51 @@ mod tests {
                 (hdr.msg_type().expect("known type"), t.to)
             })
             .collect()
+    }
+
+    fn decoded(p: &mut Pastry) -> Vec<(PeerAddr, Repr)> {
+        p.transmits
+            .drain(..)
+            .map(|t| {
+                let hdr = Header::new_checked(&t.body[..]).expect("valid header");
+                let ty = hdr.msg_type().expect("known type");
+                (t.to, Repr::parse(ty, &t.body).expect("valid body"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wanted_reverse_probe_rides_on_the_pong() {
+        let mut rng = Rng::new(9);
+        let t0 = Time::from_micros(1_000_000);
+        let mut b = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
+        b.join(t0, &[]);
+        // b's slot (0, 5) is held by a node measured at 1 ms.
+        let holder = handle(5, 10, 2);
+        let ping = Repr::Ping {
+            token: 0,
+            flags: PING_ACTIVE,
+            rtt_hint: 1_000,
+        };
+        b.handle(t0, holder, ping);
+        decoded(&mut b);
+        // a, a candidate for that slot, probes b (for its own table).
+        let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
+        a.join(t0, &[]);
+        a.ping(t0, b.me());
+        let [(to, ping)] = decoded(&mut a).try_into().expect("one ping");
+        assert_eq!(to, b.me().addr);
+        b.handle(t0, a.me(), ping);
+        // b wants a's RTT too, but does not ping back: its pong asks.
+        let [(to, pong)] = decoded(&mut b).try_into().expect("only a pong");
+        assert_eq!(to, a.me().addr);
+        assert!(matches!(pong, Repr::Pong { flags: PONG_WANT_RTT, .. }), "{pong:?}");
+        a.handle(t0 + Duration::from_micros(400), b.me(), pong);
+        let [(_, report)] = decoded(&mut a).try_into().expect("one report");
+        assert_eq!(report, Repr::RttReport { rtt: 400 });
+        b.handle(t0 + Duration::from_micros(600), a.me(), report);
+        let e = b.routing_table().get(0, 5).expect("slot filled");
+        assert_eq!((e.handle, e.rtt), (a.me(), 400));
     }
 
     #[test]

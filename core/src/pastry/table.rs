@@ -6,6 +6,7 @@
 
 use crate::addr::NodeHandle;
 use crate::id::NodeId;
+use crate::time::Time;
 use crate::wire::pastry::RTT_UNKNOWN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub struct Entry {
     pub handle: NodeHandle,
     /// Measured round-trip time in µs, `RTT_UNKNOWN` until measured.
     pub rtt: u32,
+    /// When a message from it last arrived (`Time::ZERO`: never).
+    pub heard: Time,
 }
 
 /// What happened to a candidate offered to the table.
@@ -75,7 +78,11 @@ impl RoutingTable {
         let slot = self.slot_mut(row, col);
         match slot {
             None => {
-                *slot = Some(Entry { handle, rtt });
+                *slot = Some(Entry {
+                    handle,
+                    rtt,
+                    heard: Time::ZERO,
+                });
                 self.len += 1;
                 Offer::Inserted
             }
@@ -91,7 +98,11 @@ impl RoutingTable {
                     Offer::NeedsRtt
                 } else if e.rtt == RTT_UNKNOWN || rtt < e.rtt {
                     let old = e.handle;
-                    *e = Entry { handle, rtt };
+                    *e = Entry {
+                        handle,
+                        rtt,
+                        heard: Time::ZERO,
+                    };
                     Offer::Replaced(old)
                 } else {
                     Offer::Rejected
@@ -108,6 +119,18 @@ impl RoutingTable {
             && e.handle.id == id
         {
             e.rtt = rtt;
+        }
+    }
+
+    /// A message from `id` arrived at `now`: if it is in the table, it need
+    /// not be probed for a while.
+    pub fn heard(&mut self, id: NodeId, now: Time) {
+        if let Some((row, col)) = self.slot(id)
+            && let Some(Some(r)) = self.rows.get_mut(row)
+            && let Some(Some(e)) = r.get_mut(col)
+            && e.handle.id == id
+        {
+            e.heard = now;
         }
     }
 

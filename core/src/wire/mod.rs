@@ -62,6 +62,7 @@ pub enum MsgType {
     Pong = 0x06,
     LeafSetRequest = 0x07,
     RowRequest = 0x08,
+    RttReport = 0x09,
 }
 
 impl MsgType {
@@ -75,6 +76,7 @@ impl MsgType {
             0x06 => MsgType::Pong,
             0x07 => MsgType::LeafSetRequest,
             0x08 => MsgType::RowRequest,
+            0x09 => MsgType::RttReport,
             _ => return None,
         })
     }

@@ -36,9 +36,15 @@
 //! (4): the sender's measured RTT to the receiver in µs, `u32::MAX` if
 //! unknown (RTTs are symmetric enough that the receiver need not measure).
 //! **Pong** (0x06) — token (8), echoing the ping's. The pinger puts its own
-//! clock reading in the token, so an RTT needs no state.
+//! clock reading in the token, so an RTT needs no state. Flags (1): bit 0
+//! asks the pinger to report the RTT it measures (an active pinger that
+//! did not know the RTT is a candidate for the ponger's tables too; one
+//! report replaces a whole ping/pong in the other direction).
 //!
 //! **LeafSetRequest** (0x07) — empty body. **RowRequest** (0x08) — row (1).
+//!
+//! **RttReport** (0x09) — RTT (4) in µs the sender measured to the receiver,
+//! answering a Pong with flag bit 0.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -97,6 +103,9 @@ pub mod state_flags {
 /// Ping flag: the sender is an active member; consider it for your tables.
 pub const PING_ACTIVE: u8 = 1;
 
+/// Pong flag: report the RTT you measure with this pong (`RttReport`).
+pub const PONG_WANT_RTT: u8 = 1;
+
 /// RTT value meaning "not measured".
 pub const RTT_UNKNOWN: u32 = u32::MAX;
 
@@ -150,10 +159,14 @@ pub enum Repr {
     },
     Pong {
         token: u64,
+        flags: u8,
     },
     LeafSetRequest,
     RowRequest {
         row: u8,
+    },
+    RttReport {
+        rtt: u32,
     },
 }
 
@@ -168,6 +181,7 @@ impl Repr {
             Repr::Pong { .. } => MsgType::Pong,
             Repr::LeafSetRequest => MsgType::LeafSetRequest,
             Repr::RowRequest { .. } => MsgType::RowRequest,
+            Repr::RttReport { .. } => MsgType::RttReport,
         }
     }
 
@@ -226,9 +240,13 @@ impl Repr {
                 flags: r.u8()?,
                 rtt_hint: r.u32()?,
             },
-            MsgType::Pong => Repr::Pong { token: r.u64()? },
+            MsgType::Pong => Repr::Pong {
+                token: r.u64()?,
+                flags: r.u8()?,
+            },
             MsgType::LeafSetRequest => Repr::LeafSetRequest,
             MsgType::RowRequest => Repr::RowRequest { row: r.u8()? },
+            MsgType::RttReport => Repr::RttReport { rtt: r.u32()? },
         };
         r.finish()?;
         Ok(repr)
@@ -239,7 +257,8 @@ impl Repr {
         HEADER_LEN
             + match self {
                 Repr::Route(m) => 8 + 16 + 1 + 1 + handle_len(&m.origin) + m.payload.len(),
-                Repr::RouteAck { .. } | Repr::Pong { .. } => 8,
+                Repr::RouteAck { .. } => 8,
+                Repr::Pong { .. } => 9,
                 Repr::Ping { .. } => 13,
                 Repr::State(s) => {
                     1 + 4
@@ -251,6 +270,7 @@ impl Repr {
                 Repr::Announce { .. } => 4,
                 Repr::LeafSetRequest => 0,
                 Repr::RowRequest { .. } => 1,
+                Repr::RttReport { .. } => 4,
             }
     }
 
@@ -287,9 +307,13 @@ impl Repr {
                 out.put_u8(*flags);
                 out.put_u32(*rtt_hint);
             }
-            Repr::Pong { token } => out.put_u64(*token),
+            Repr::Pong { token, flags } => {
+                out.put_u64(*token);
+                out.put_u8(*flags);
+            }
             Repr::LeafSetRequest => {}
             Repr::RowRequest { row } => out.put_u8(*row),
+            Repr::RttReport { rtt } => out.put_u32(*rtt),
         }
     }
 
@@ -378,7 +402,11 @@ mod tests {
             flags: 1,
             rtt_hint: 70,
         });
-        roundtrip(Repr::Pong { token: 6 });
+        roundtrip(Repr::Pong {
+            token: 6,
+            flags: PONG_WANT_RTT,
+        });
+        roundtrip(Repr::RttReport { rtt: 4_321 });
         roundtrip(Repr::LeafSetRequest);
         roundtrip(Repr::RowRequest { row: 31 });
     }
