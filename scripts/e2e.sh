@@ -21,11 +21,28 @@
 #      239.1.2.8:5002, on h3 one of 239.1.2.7; a socat sender on h1 sends
 #      numbered lines to 239.1.2.7 with TTL 3 through its TAP. Reports the
 #      distinct lines each receiver got.
+#   mgen  MGEN 5 (numbered UDP messages): 3 hosts with --tap alm0 (auto
+#      addresses), h3 given 239.1.2.12's topic id as node id (so it is that
+#      group's root); mgen receivers on h2 (239.1.2.11:5011 and
+#      239.1.2.12:5012) and h3 (239.1.2.11 only, listening on both ports);
+#      mgen on h1 sends 300 messages/s of 512 bytes to each group for 5 s
+#      (TTL 8, INTERFACE alm0). From the MGEN logs: distinct sequence numbers
+#      sent per group and received per (host, group), loss, senders' source
+#      addresses, one-way delay; h3's almd status for the group it forwards
+#      but did not join.
+#   ffmpeg  a VLC-style stream: 3 hosts (auto addresses); ffmpeg on h1 sends
+#      5 s of testsrc 320x240@25 as MPEG-2 video in MPEG-TS to
+#      udp://239.1.2.13:5013 (ttl=8, localaddr = h1's TAP address,
+#      pkt_size=1316, -re); ffmpeg on h2 joins on its TAP (localaddr),
+#      decodes the video and keeps a copy of the stream; it ends 5 s after
+#      the last datagram (udp timeout). Reports frames sent, decoded live and
+#      counted by ffprobe in the received copy.
 #
 # Output: human-readable progress on stderr; on stdout exactly one line
 #   E2E_JSON {...}        the measurements (the Rust test asserts on them)
 # or
-#   E2E_SKIP reason       (exit 77) when not root / no /dev/net/tun / no iperf.
+#   E2E_SKIP reason       (exit 77) when not root / no /dev/net/tun / no iperf
+#                         (or no socat, mgen, ffmpeg for those scenarios).
 # Exit 0 when the scenario ran (pass/fail is for the caller to judge from the
 # numbers), 1 when the setup failed.
 #
@@ -40,9 +57,9 @@ root="$(cd "$here/.." && pwd)"
 
 scenario="${1:-}"
 case "$scenario" in
-    a | b | c | d | e | perf | auto | socat) ;;
+    a | b | c | d | e | perf | auto | socat | mgen | ffmpeg) ;;
     *)
-        echo "usage: $0 a|b|c|d|e|perf|auto|socat [RATE]" >&2
+        echo "usage: $0 a|b|c|d|e|perf|auto|socat|mgen|ffmpeg [RATE]" >&2
         exit 2
         ;;
 esac
@@ -58,9 +75,15 @@ command -v ip >/dev/null 2>&1 || skip "ip (iproute2) is not installed"
 command -v python3 >/dev/null 2>&1 || skip "python3 is not installed (used to read almd's status JSON)"
 command -v flock >/dev/null 2>&1 || skip "flock (util-linux) is not installed"
 ip netns list >/dev/null 2>&1 || skip "ip netns does not work here"
-if [ "$scenario" = socat ]; then
-    command -v socat >/dev/null 2>&1 || skip "socat is not installed: apt-get install -y socat"
-fi
+case "$scenario" in
+socat) command -v socat >/dev/null 2>&1 || skip "socat is not installed: apt-get install -y socat" ;;
+mgen) command -v mgen >/dev/null 2>&1 || skip "mgen is not installed: apt-get install -y mgen" ;;
+ffmpeg)
+    for t in ffmpeg ffprobe; do
+        command -v "$t" >/dev/null 2>&1 || skip "$t is not installed: apt-get install -y ffmpeg"
+    done
+    ;;
+esac
 
 target="${CARGO_TARGET_DIR:-$root/target}"
 ALMD="${ALMD:-$target/release/almd}"
@@ -129,15 +152,17 @@ start_almd() {
 
 # start_almd_auto I: like start_almd, with the TAP address allocated in the
 # overlay. With ALMD_WILDCARD=1, hosts other than h1 listen on 0.0.0.0:4000
-# and advertise their underlay address (--advertise).
+# and advertise their underlay address (--advertise). NODE_ID_<I>, if set,
+# is host I's node id.
 start_almd_auto() {
     local i="$1"
-    local bs=() listen=(--listen "$(netns_addr "$i"):4000")
+    local bs=() id=() listen=(--listen "$(netns_addr "$i"):4000") v="NODE_ID_$i"
+    [ -n "${!v:-}" ] && id=(--node-id "${!v}")
     [ "$i" -ne 1 ] && bs=(--bootstrap "$(netns_addr 1):4000")
     [ "$i" -ne 1 ] && [ "${ALMD_WILDCARD:-0}" = 1 ] &&
         listen=(--listen 0.0.0.0:4000 --advertise "$(netns_addr "$i"):4000")
     nsx "$i" "$ALMD" run "${listen[@]}" --tap alm0 \
-        --control "$D/h$i.sock" "${bs[@]}" >"$D/almd$i.log" 2>&1 &
+        --control "$D/h$i.sock" "${bs[@]}" "${id[@]}" >"$D/almd$i.log" 2>&1 &
     ALMD_PID[$i]=$!
 }
 
@@ -509,6 +534,173 @@ socat)
     h2_delivered="$(json_get "$D/st2.json" "sum(g['delivered'] for g in s['groups'] if g['group']=='$SGROUP')")"
     log "lines: h2 $(got r2a) + $(got r2b), h3 $(got r3), h2 other group $(got r2o)"
     echo "E2E_JSON {\"scenario\":\"socat\",\"sent\":$N,\"taps\":[\"${taps[0]}\",\"${taps[1]}\",\"${taps[2]}\"],\"receivers\":{\"h2a\":$(got r2a),\"h2b\":$(got r2b),\"h3\":$(got r3)},\"other_group\":$(got r2o),\"other_group_bytes\":$(stat -c %s "$D/r2o.txt"),\"junk_lines\":$(($(junk r2a) + $(junk r2b) + $(junk r3))),\"h2_delivered\":$h2_delivered,\"h2_other_delivered\":$h2_other_delivered,\"h2_listen\":\"$h2_listen\",\"h2_advertise\":\"$h2_advertise\",\"h1_leaf_addrs\":$h1_leaf_addrs,\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+mgen)
+    # MGEN 5: flows of numbered UDP messages; receivers log a RECV event
+    # with the sequence number of each message.
+    G1=239.1.2.11
+    P1=5011
+    G2=239.1.2.12
+    P2=5012
+    RATE=300 # messages/s per flow
+    SECS=5
+    # h3 is G2's root (node id = G2's topic id): all G2 traffic passes
+    # through h3's almd, which must not deliver it into h3's TAP.
+    NODE_ID_3="$("$ALM_PROBE" topic "$G2")"
+    start_overlay_auto 3
+    taps=()
+    for i in 1 2 3; do
+        a="$(wait_tap_addr "$i")"
+        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
+        taps+=("$a")
+    done
+    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+    # h2 joins both groups; h3 joins only G1 but listens on both ports, so a
+    # G2 message that reached h3's sockets would be logged.
+    printf '0.0 LISTEN UDP %s,%s\n0.0 JOIN %s INTERFACE alm0 PORT %s\n0.0 JOIN %s INTERFACE alm0 PORT %s\n' \
+        "$P1" "$P2" "$G1" "$P1" "$G2" "$P2" >"$D/r2.mgn"
+    printf '0.0 LISTEN UDP %s,%s\n0.0 JOIN %s INTERFACE alm0 PORT %s\n' \
+        "$P1" "$P2" "$G1" "$P1" >"$D/r3.mgn"
+    # One flow per group, each on its own socket (SRC port) with TTL 8 and
+    # multicast interface alm0; SEND events logged (txlog).
+    {
+        printf '0.0 ON 1 UDP SRC 5111 DST %s/%s PERIODIC [%s 512] TTL 8 INTERFACE alm0\n' "$G1" "$P1" "$RATE"
+        printf '0.0 ON 2 UDP SRC 5112 DST %s/%s PERIODIC [%s 512] TTL 8 INTERFACE alm0\n' "$G2" "$P2" "$RATE"
+        printf '%s.0 OFF 1\n%s.0 OFF 2\n' "$SECS" "$SECS"
+    } >"$D/s.mgn"
+    declare -A MGEN_PID
+    for i in 2 3; do
+        nsx "$i" mgen ipv4 input "$D/r$i.mgn" output "$D/r$i.drc" flush >"$D/r$i.err" 2>&1 &
+        MGEN_PID[$i]=$!
+    done
+    wait_member 2 "$G1"
+    wait_member 2 "$G2"
+    wait_member 3 "$G1"
+    log "mgen on h1: $RATE msg/s to each of $G1:$P1 and $G2:$P2 for $SECS s (TTL 8, INTERFACE alm0)"
+    netns_exec 1 timeout $((SECS + 10)) mgen ipv4 input "$D/s.mgn" output "$D/s.drc" txlog \
+        >"$D/s.err" 2>&1 || log "mgen sender: $(tail -n 3 "$D/s.err")"
+    sleep 1
+    # Before the receivers leave (and their groups with them).
+    for i in 2 3; do status "$i" >"$D/st$i.json"; done
+    for i in 2 3; do
+        kill -TERM "${MGEN_PID[$i]}" 2>/dev/null
+        wait "${MGEN_PID[$i]}" 2>/dev/null
+    done
+    topic2="$NODE_ID_3"
+    h3_g2="$(json_get "$D/st3.json" "json.dumps(next(({k: g[k] for k in ('role', 'member', 'local_listeners', 'delivered', 'packets_in', 'packets_out')} for g in s['groups'] if g['topic']=='$topic2'), None))")"
+    h3_not_sub="$(json_get "$D/st3.json" "s['middleware_stats']['not_subscribed']")"
+    h3_tap_out="$(json_get "$D/st3.json" "s['middleware_stats']['tap_frames_out']")"
+    h2_delivered="$(json_get "$D/st2.json" "json.dumps({g['group']: g['delivered'] for g in s['groups']})")"
+    # Distinct sequence numbers sent per group (SEND) and received per
+    # (host, group) (RECV, by the destination named in the message).
+    counts="$(python3 - "$D" "$G1" "$G2" <<'PY'
+import json, re, sys
+d, g1, g2 = sys.argv[1:4]
+joined = {'h2': [g1, g2], 'h3': [g1]}
+ev = re.compile(r'^(\d+):(\d+):([\d.]+) (SEND|RECV) proto>UDP flow>\d+ seq>(\d+) '
+                r'(?:src>([\d.]+)/\d+ |srcPort>\d+ )?dst>([\d.]+)/\d+(?: sent>(\d+):(\d+):([\d.]+))?')
+def secs(h, m, s):
+    return int(h) * 3600 + int(m) * 60 + float(s)
+def parse(path, kind):
+    seqs, srcs, delays = {g1: set(), g2: set()}, set(), []
+    try:
+        lines = open(path, errors='replace').readlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        m = ev.match(line)
+        if not m or m.group(4) != kind:
+            continue
+        seqs.setdefault(m.group(7), set()).add(int(m.group(5)))
+        if m.group(6):
+            srcs.add(m.group(6))
+        if m.group(8):  # one clock: sender and receivers share this machine
+            delays.append((secs(*m.group(1, 2, 3)) - secs(*m.group(8, 9, 10))) % 86400 * 1000)
+    return seqs, srcs, sorted(delays)
+sent, _, _ = parse(f'{d}/s.drc', 'SEND')
+res = {'sent': {g: len(sent[g]) for g in (g1, g2)}, 'joined': joined,
+       'receivers': {}, 'sources': {}, 'delay_ms': {}}
+for h in ('h2', 'h3'):
+    got, srcs, delays = parse(f'{d}/r{h[1]}.drc', 'RECV')
+    res['sources'][h] = sorted(srcs)
+    res['delay_ms'][h] = {
+        'median': round(delays[len(delays) // 2], 2),
+        'p99': round(delays[int(len(delays) * 0.99)], 2),
+        'max': round(delays[-1], 2),
+    } if delays else None
+    res['receivers'][h] = {
+        g: {
+            'received': len(got[g]),
+            'loss_pct': round(100.0 * len(sent[g] - got[g]) / len(sent[g]), 2)
+            if sent[g] and g in joined[h] else None,
+            'not_sent': len(got[g] - sent[g]),
+        }
+        for g in (g1, g2)
+    }
+print(json.dumps(res))
+PY
+)"
+    log "counts: $counts"
+    rerr="$(cat "$D/r2.drc" "$D/r3.drc" 2>/dev/null | grep -c ' RERR ' || true)"
+    echo "E2E_JSON {\"scenario\":\"mgen\",\"groups\":[\"$G1\",\"$G2\"],\"rate\":$RATE,\"send_seconds\":$SECS,\"counts\":$counts,\"rerr\":$rerr,\"h3_g2_tree\":$h3_g2,\"h3_not_subscribed\":$h3_not_sub,\"h3_tap_frames_out\":$h3_tap_out,\"h2_delivered\":$h2_delivered,\"taps\":[\"${taps[0]}\",\"${taps[1]}\",\"${taps[2]}\"],\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
+    ;;
+ffmpeg)
+    # A VLC-style stream: MPEG-2 video in MPEG-TS over UDP multicast.
+    FG=239.1.2.13
+    FP=5013
+    SECS=5
+    FPS=25
+    RX_TIMEOUT=5 # s of silence after which the receiver's input ends
+    # h3 runs almd with no application: the group's tree may pass through it.
+    start_overlay_auto 3
+    taps=()
+    for i in 1 2 3; do
+        a="$(wait_tap_addr "$i")"
+        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
+        taps+=("$a")
+    done
+    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+    # Receiver on h2: joins on its TAP (localaddr), decodes the video
+    # (-f null, progress in r.progress) and keeps the stream (-c copy).
+    nsx 2 ffmpeg -hide_banner -nostdin -loglevel info -progress "$D/r.progress" \
+        -analyzeduration 1000000 -i "udp://$FG:$FP?localaddr=${taps[1]}&reuse=1&timeout=${RX_TIMEOUT}000000&overrun_nonfatal=1" \
+        -map 0:v:0 -f null - -map 0 -c copy -f mpegts -y "$D/recv.ts" >"$D/r.err" 2>&1 &
+    rx=$!
+    wait_member 2 "$FG"
+    log "ffmpeg on h1: ${SECS} s of testsrc 320x240@$FPS, mpeg2video 1 Mbit/s, MPEG-TS to $FG:$FP (ttl 8, localaddr ${taps[0]})"
+    netns_exec 1 timeout $((SECS + 15)) ffmpeg -hide_banner -nostdin -loglevel info \
+        -progress "$D/s.progress" -re -f lavfi -i "testsrc=size=320x240:rate=$FPS" -t "$SECS" \
+        -c:v mpeg2video -b:v 1M -f mpegts \
+        "udp://$FG:$FP?ttl=8&localaddr=${taps[0]}&pkt_size=1316" >"$D/s.err" 2>&1 ||
+        log "ffmpeg sender: $(tail -n 3 "$D/s.err")"
+    sleep 0.5
+    # Before the receiver leaves (and its group with it).
+    status 2 >"$D/st2.json"
+    h2_delivered="$(json_get "$D/st2.json" "sum(g['delivered'] for g in s['groups'] if g['group']=='$FG')")"
+    for i in 1 3; do status "$i" >"$D/st$i.json"; done
+    ftopic="$("$ALM_PROBE" topic "$FG")"
+    root="$(for i in 1 2 3; do json_get "$D/st$i.json" "'h$i' if any(g['topic']=='$ftopic' and g['role']=='root' for g in s['groups']) else ''"; done | tr -d '\n')"
+    # The receiver ends by itself RX_TIMEOUT s after the last datagram (udp
+    # timeout: its input then reports an I/O error, which ffmpeg treats as
+    # the end of the stream).
+    # A SIGINT would not do: ffmpeg only sees it between packets, and a
+    # second one also aborts writing the outputs.
+    for _ in $(seq 1 150); do
+        kill -0 "$rx" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$rx" 2>/dev/null && log "ffmpeg receiver still running 15 s after the stream: killed"
+    wait "$rx" 2>/dev/null
+    progress_frames() { grep -oE '^frame=[0-9]+' "$1" 2>/dev/null | tail -n 1 | cut -d= -f2; }
+    sent="$(progress_frames "$D/s.progress")"
+    decoded="$(progress_frames "$D/r.progress")"
+    probed="$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames \
+        -of default=nw=1:nk=1 "$D/recv.ts" 2>/dev/null | head -n 1)"
+    # Decoder / demuxer complaints about the received stream.
+    stream_errors="$(grep -ciE 'continuity check failed|error while decoding|corrupt|invalid' "$D/r.err" || true)"
+    sent_bytes="$(grep -oE '^total_size=[0-9]+' "$D/s.progress" 2>/dev/null | tail -n 1 | cut -d= -f2)"
+    log "frames: sent ${sent:-?}, decoded live ${decoded:-?}, ffprobe of the received TS ${probed:-?}; $stream_errors stream errors; h2's almd delivered $h2_delivered datagrams; tree root ${root:-?}"
+    echo "E2E_JSON {\"scenario\":\"ffmpeg\",\"group\":\"$FG\",\"sent_frames\":${sent:-null},\"sent_ts_bytes\":${sent_bytes:-null},\"decoded_frames\":${decoded:-null},\"probed_frames\":${probed:-null},\"recv_ts_bytes\":$(stat -c %s "$D/recv.ts" 2>/dev/null || echo 0),\"stream_errors\":$stream_errors,\"h2_delivered\":$h2_delivered,\"root\":\"$root\",\"taps\":[\"${taps[0]}\",\"${taps[1]}\",\"${taps[2]}\"],\"alive\":[$(alive 1),$(alive 2),$(alive 3)],\"seconds\":$(elapsed)}"
     ;;
 esac
 exit 0

@@ -1,12 +1,13 @@
 //! End-to-end tests: real `almd` processes in network namespaces, carrying
-//! real iperf 2 and socat multicast (see `scripts/e2e.sh` for the scenarios).
+//! real iperf 2, socat, MGEN and ffmpeg multicast (see `scripts/e2e.sh` for
+//! the scenarios).
 //!
 //! One test runs the scenarios one after another (they share addresses and
 //! ports; the script also serializes runs machine-wide with a file lock).
 //! It is skipped, with the reason printed, when not root, without
-//! /dev/net/tun, or without iperf / python3 / flock; scenario `socat` alone
-//! is skipped without socat. Select scenarios with `ALM_E2E=a,c` (default:
-//! a,b,c,d,e,perf,auto,socat).
+//! /dev/net/tun, or without iperf / python3 / flock; scenarios `socat`,
+//! `mgen` and `ffmpeg` are each skipped alone without their tool. Select
+//! scenarios with `ALM_E2E=a,c` (default: a,b,c,d,e,perf,auto,socat,mgen,ffmpeg).
 //!
 //! Run: `sudo -E cargo test -p alm-mio --test e2e -- --nocapture`
 
@@ -329,6 +330,112 @@ fn check(scenario: &str, v: &Value) -> Vec<String> {
             );
             expect(all_alive, "an almd died".into());
         }
+        "mgen" => {
+            let c = &v["counts"];
+            let groups: Vec<&str> = v["groups"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            expect(groups.len() == 2, format!("groups: {}", v["groups"]));
+            // The sender really sent ~rate x seconds per group.
+            let want = f(v, &["rate"]) * f(v, &["send_seconds"]);
+            for g in &groups {
+                let sent = f(c, &["sent", g]);
+                expect(
+                    sent >= 0.9 * want,
+                    format!("mgen sent {sent} messages to {g}, want about {want}"),
+                );
+            }
+            let h1_tap = v["taps"][0].as_str().unwrap_or("?");
+            for h in ["h2", "h3"] {
+                let joined: Vec<&str> = c["joined"][h]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                for g in &groups {
+                    let r = &c["receivers"][h][g];
+                    let got = f(r, &["received"]);
+                    if joined.contains(g) {
+                        let sent = f(c, &["sent", g]);
+                        expect(
+                            got >= 0.95 * sent,
+                            format!(
+                                "mgen receiver on {h} got {got} of {sent} messages of {g} (loss {} %), want >= 95 %",
+                                r["loss_pct"]
+                            ),
+                        );
+                    } else {
+                        expect(
+                            got == 0.0,
+                            format!(
+                                "mgen receiver on {h} got {got} messages of {g}, which it did not join"
+                            ),
+                        );
+                    }
+                    expect(
+                        f(r, &["not_sent"]) == 0.0,
+                        format!(
+                            "{h} logged {} sequence numbers of {g} that were never sent",
+                            r["not_sent"]
+                        ),
+                    );
+                }
+                expect(
+                    c["sources"][h] == serde_json::json!([h1_tap]),
+                    format!(
+                        "{h} received from {}, want only h1's TAP address {h1_tap}",
+                        c["sources"][h]
+                    ),
+                );
+            }
+            expect(
+                f(v, &["rerr"]) == 0.0,
+                format!("{} MGEN receive errors (RERR)", v["rerr"]),
+            );
+            // h3 is the root of the group it did not join: it forwards it
+            // but must not deliver it.
+            let t = &v["h3_g2_tree"];
+            expect(
+                t.is_null() || (f(t, &["delivered"]) == 0.0 && t["member"] == false),
+                format!("h3's almd delivered the group it did not join: {t}"),
+            );
+            expect(
+                f(v, &["h3_not_subscribed"]) == 0.0,
+                "data of a group h3 did not join reached h3's middleware".into(),
+            );
+            let sent1 = f(c, &["sent", groups.first().copied().unwrap_or("?")]);
+            expect(
+                f(v, &["h3_tap_frames_out"]) <= sent1 + 20.0,
+                format!(
+                    "h3 wrote {} frames into its TAP for {sent1} messages of its one group",
+                    v["h3_tap_frames_out"]
+                ),
+            );
+            expect(
+                f(v, &["seconds"]) < 40.0,
+                format!("scenario took {} s, want < 40", v["seconds"]),
+            );
+            expect(all_alive, "an almd died".into());
+        }
+        "ffmpeg" => {
+            let sent = f(v, &["sent_frames"]);
+            expect(
+                sent >= 120.0,
+                format!("the ffmpeg sender encoded {sent} frames, want about 125"),
+            );
+            for k in ["decoded_frames", "probed_frames"] {
+                let n = f(v, &[k]);
+                expect(
+                    n >= 0.9 * sent,
+                    format!("ffmpeg receiver on h2: {k} = {n} of {sent} frames sent, want >= 90 %"),
+                );
+            }
+            expect(
+                f(v, &["seconds"]) < 40.0,
+                format!("scenario took {} s, want < 40", v["seconds"]),
+            );
+            expect(all_alive, "an almd died".into());
+        }
         _ => {}
     }
     errs
@@ -340,14 +447,16 @@ fn e2e_multicast_scenarios() {
         eprintln!("SKIPPED e2e_multicast_scenarios: {reason}");
         return;
     }
-    let selected = std::env::var("ALM_E2E").unwrap_or_else(|_| "a,b,c,d,e,perf,auto,socat".into());
+    let selected =
+        std::env::var("ALM_E2E").unwrap_or_else(|_| "a,b,c,d,e,perf,auto,socat,mgen,ffmpeg".into());
     let mut failures = Vec::new();
     for s in selected.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let extra: &[&str] = if s == "perf" { &["155M"] } else { &[] };
         match run(s, extra) {
             Ok(v) => failures.extend(check(s, &v)),
             Err(e) if e.starts_with("skipped: ") => {
-                // A missing tool of one scenario (socat) skips only it.
+                // A missing tool of one scenario (socat, mgen, ffmpeg)
+                // skips only it.
                 eprintln!("SKIPPED e2e scenario {s}: {e}");
             }
             Err(e) => failures.push(e),
