@@ -181,6 +181,30 @@ impl LeafSet {
                 .is_some_and(|far| self.cw.iter().any(|l| l.handle.id == far.handle.id))
     }
 
+    /// Estimated number of nodes in the overlay: ids are uniform, so the
+    /// members' share of the ring says how many fit in all of it. Exact
+    /// (the member count plus us) when we know the whole ring.
+    pub fn estimated_size(&self) -> u128 {
+        let members = (self.cw.len() + self.ccw.len()) as u128;
+        if self.is_complete_ring() {
+            // A small ring can show a node on both sides: count it once.
+            let both = self
+                .ccw
+                .iter()
+                .filter(|l| self.cw.iter().any(|c| c.handle.id == l.handle.id))
+                .count() as u128;
+            return members - both + 1;
+        }
+        match (self.ccw.last(), self.cw.last()) {
+            (Some(lo), Some(hi)) => {
+                // `members` gaps between `members + 1` nodes span the arc.
+                let span = lo.handle.id.cw_distance(hi.handle.id).max(1);
+                (u128::MAX / span).saturating_mul(members)
+            }
+            _ => members + 1,
+        }
+    }
+
     /// Whether `key` falls within the range the leaf set covers.
     pub fn covers(&self, key: NodeId) -> bool {
         if self.is_complete_ring() {
@@ -253,6 +277,29 @@ mod tests {
 
     fn h(id: u128) -> NodeHandle {
         NodeHandle::new(NodeId(id), PeerAddr::v4(10, 0, 0, 1, (id % 60000) as u16))
+    }
+
+    #[test]
+    fn estimates_the_ring_size_from_the_members_spread() {
+        for n in [1_000u128, 100_000, 1_000_000] {
+            let step = u128::MAX / n;
+            // Me at an arbitrary id, evenly spaced neighbours, across zero.
+            let me = 3 * step;
+            let mut ls = LeafSet::new(NodeId(me), 16);
+            for k in 1..=20u128 {
+                ls.insert(h(me.wrapping_add(k * step)), Time::ZERO);
+                ls.insert(h(me.wrapping_sub(k * step)), Time::ZERO);
+            }
+            let est = ls.estimated_size();
+            assert!(est.abs_diff(n) * 100 <= n, "n {n}: estimated {est}");
+        }
+        // A ring smaller than the leaf set is known exactly.
+        let mut ls = LeafSet::new(NodeId(7), 16);
+        for id in [1, 2, 3, 4] {
+            ls.insert(h(id << 100), Time::ZERO);
+        }
+        assert_eq!(ls.estimated_size(), 5);
+        assert_eq!(LeafSet::new(NodeId(7), 16).estimated_size(), 1);
     }
 
     #[test]

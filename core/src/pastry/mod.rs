@@ -201,6 +201,8 @@ pub struct Pastry {
     /// While answering a ping from this node: a probe of it is folded into
     /// our pong (`PONG_WANT_RTT`); the flag says one was wanted.
     fold_probe: Option<(NodeId, bool)>,
+    /// See `pns_rows`.
+    proximity_rows: usize,
 }
 
 impl Pastry {
@@ -227,6 +229,7 @@ impl Pastry {
             upcalls: VecDeque::new(),
             stats: Stats::default(),
             fold_probe: None,
+            proximity_rows: cfg.pns_rows,
             rng: rng.fork(),
             cfg,
         }
@@ -414,6 +417,7 @@ impl Pastry {
 
     fn activate(&mut self, now: Time) {
         self.phase = Phase::Active;
+        self.estimate_pns_rows();
         // Announce to everyone we know, with the RTT we measured to them so
         // they need not measure us back.
         let mut told: SmallVec<[NodeId; 64]> = SmallVec::new();
@@ -440,7 +444,7 @@ impl Pastry {
         self.maybe_refresh_leaf_set(now);
         // Second phase of the join (Pastry §2.5): ask one node of every row
         // for its row, to find nodes nearer than the ones the join path gave.
-        for row in 0..self.cfg.pns_rows.min(self.table.num_rows()) {
+        for row in 0..self.pns_rows() {
             self.request_row_from_nearby(row, 0);
         }
         if self.cfg.refine_rounds > 0 {
@@ -478,6 +482,30 @@ impl Pastry {
     }
 
     // ----- learning about nodes ----------------------------------------
+
+    /// Routing-table rows filled by proximity: at least `Config::pns_rows`,
+    /// and every row whose slots expect at least half a candidate in an
+    /// overlay of the size our leaf set suggests (row `r` has N / 16^(r+1)
+    /// per slot with b = 4): at 100k nodes row 3 has 1.5 and is worth
+    /// measuring, at 10k it has 0.15 and is not.
+    /// Re-estimated when we join and at every maintenance round.
+    fn pns_rows(&self) -> usize {
+        self.proximity_rows.min(self.table.num_rows())
+    }
+
+    fn estimate_pns_rows(&mut self) {
+        let n = self.leaves.estimated_size();
+        let bits = self.cfg.b;
+        let mut rows = self.cfg.pns_rows;
+        // Slots of row `rows` expect n / 2^(b·(rows+1)) candidates.
+        while let Some(shift) = bits.checked_mul(rows as u32 + 1)
+            && shift < 128
+            && n.saturating_mul(2) >> shift >= 1
+        {
+            rows += 1;
+        }
+        self.proximity_rows = rows;
+    }
 
     /// Best RTT we know for `id`, `RTT_UNKNOWN` if none.
     fn known_rtt(&self, id: NodeId) -> u32 {
@@ -555,7 +583,7 @@ impl Pastry {
         let measure = self
             .table
             .slot(h.id)
-            .is_some_and(|(row, _)| row < self.cfg.pns_rows);
+            .is_some_and(|(row, _)| row < self.pns_rows());
         let offered = self.table.offer(h, rtt);
         if direct {
             self.table.heard(h.id, now);
@@ -748,7 +776,7 @@ impl Pastry {
         if !self.is_active() {
             return;
         }
-        for row in 0..self.cfg.pns_rows.min(self.table.num_rows()) {
+        for row in 0..self.pns_rows() {
             self.request_row_from_nearby(row, usize::from(n % 4));
         }
         if n + 1 < self.cfg.refine_rounds {
@@ -761,7 +789,7 @@ impl Pastry {
     /// random proximity row is compared with the same row of one of our
     /// nearest nodes, so tables keep improving as nearer nodes join.
     fn maintain_table(&mut self) {
-        let rows = self.cfg.pns_rows.min(self.table.num_rows()).max(1);
+        let rows = self.pns_rows().max(1);
         let r = self.rng.index(rows);
         let rank = self.rng.index(4);
         self.request_row_from_nearby(r, rank);
@@ -796,6 +824,7 @@ impl Pastry {
         for h in stale {
             self.ping(now, h);
         }
+        self.estimate_pns_rows();
         self.probe_table_slice(now);
         self.gossip_leaf_set();
         let memory = self.cfg.dead_memory;
@@ -1364,7 +1393,16 @@ mod tests {
         // b wants a's RTT too, but does not ping back: its pong asks.
         let [(to, pong)] = decoded(&mut b).try_into().expect("only a pong");
         assert_eq!(to, a.me().addr);
-        assert!(matches!(pong, Repr::Pong { flags: PONG_WANT_RTT, .. }), "{pong:?}");
+        assert!(
+            matches!(
+                pong,
+                Repr::Pong {
+                    flags: PONG_WANT_RTT,
+                    ..
+                }
+            ),
+            "{pong:?}"
+        );
         a.handle(t0 + Duration::from_micros(400), b.me(), pong);
         let [(_, report)] = decoded(&mut a).try_into().expect("one report");
         assert_eq!(report, Repr::RttReport { rtt: 400 });
