@@ -30,13 +30,17 @@ pub struct LeafSet {
     cw: Vec<Leaf>,
     /// Counter-clockwise (smaller ids), nearest first.
     ccw: Vec<Leaf>,
+    /// Distance to the farthest member on each side (0 when empty), kept
+    /// here so that "is this sender a leaf?" — asked for every message —
+    /// is usually answered without touching the members at all.
+    reach: [u128; 2],
 }
 
-/// Which side of the leaf set.
+/// Which side of the leaf set (the discriminant indexes `LeafSet::reach`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    Cw,
-    Ccw,
+    Cw = 0,
+    Ccw = 1,
 }
 
 impl LeafSet {
@@ -47,6 +51,7 @@ impl LeafSet {
             half,
             cw: Vec::with_capacity(half + 1),
             ccw: Vec::with_capacity(half + 1),
+            reach: [0; 2],
         }
     }
 
@@ -61,6 +66,16 @@ impl LeafSet {
         }
     }
 
+    fn sync_reach(&mut self) {
+        let far = |v: &Vec<Leaf>, d: fn(NodeId, NodeId) -> u128, me| {
+            v.last().map_or(0, |l| d(me, l.handle.id))
+        };
+        self.reach = [
+            far(&self.cw, NodeId::cw_distance, self.me),
+            far(&self.ccw, NodeId::ccw_distance, self.me),
+        ];
+    }
+
     fn dist(&self, side: Side, id: NodeId) -> u128 {
         match side {
             Side::Cw => self.me.cw_distance(id),
@@ -72,6 +87,10 @@ impl LeafSet {
     fn insert_side(&mut self, side: Side, h: NodeHandle, now: Time) -> bool {
         let d = self.dist(side, h.id);
         let half = self.half;
+        if d > self.reach[side as usize] && self.side(side).len() >= half {
+            // Beyond a full side: neither a member nor a better one.
+            return false;
+        }
         let me = self.me;
         let v = match side {
             Side::Cw => &mut self.cw,
@@ -111,6 +130,9 @@ impl LeafSet {
         }
         let a = self.insert_side(Side::Cw, h, now);
         let b = self.insert_side(Side::Ccw, h, now);
+        if a || b {
+            self.sync_reach();
+        }
         a || b
     }
 
@@ -132,41 +154,54 @@ impl LeafSet {
         let before = (self.cw.len(), self.ccw.len());
         self.cw.retain(|l| l.handle.id != id);
         self.ccw.retain(|l| l.handle.id != id);
+        self.sync_reach();
         (self.cw.len() != before.0, self.ccw.len() != before.1)
     }
 
-    pub fn contains(&self, id: NodeId) -> bool {
-        self.cw.iter().chain(&self.ccw).any(|l| l.handle.id == id)
+    /// Index of `id` on one side: a binary search by distance, since most
+    /// ids asked about (every sender of every message) are not members and
+    /// a side's entries are spread over as many cache lines as it has.
+    fn find(&self, side: Side, id: NodeId) -> Option<usize> {
+        let d = self.dist(side, id);
+        let reach = self.reach[side as usize];
+        if d > reach || reach == 0 {
+            return None;
+        }
+        self.side(side)
+            .binary_search_by_key(&d, |l| self.dist(side, l.handle.id))
+            .ok()
     }
 
-    pub fn get_mut(&mut self, id: NodeId) -> impl Iterator<Item = &mut Leaf> {
-        self.cw
-            .iter_mut()
-            .chain(self.ccw.iter_mut())
-            .filter(move |l| l.handle.id == id)
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.find(Side::Cw, id).is_some() || self.find(Side::Ccw, id).is_some()
+    }
+
+    /// Apply `f` to `id`'s entries (one per side it is on).
+    fn update(&mut self, id: NodeId, f: impl Fn(&mut Leaf)) {
+        if let Some(i) = self.find(Side::Cw, id) {
+            f(&mut self.cw[i]);
+        }
+        if let Some(i) = self.find(Side::Ccw, id) {
+            f(&mut self.ccw[i]);
+        }
     }
 
     /// Mark that we heard from `id` at `now`.
     pub fn heard(&mut self, id: NodeId, now: Time) {
-        for l in self.get_mut(id) {
-            l.last_heard = l.last_heard.max(now);
-        }
+        self.update(id, |l| l.last_heard = l.last_heard.max(now));
     }
 
     /// Record a measured RTT for a member.
     pub fn set_rtt(&mut self, id: NodeId, rtt: u32) {
-        for l in self.get_mut(id) {
-            l.rtt = rtt;
-        }
+        self.update(id, |l| l.rtt = rtt);
     }
 
     /// Measured RTT of a member, `RTT_UNKNOWN` if none.
     pub fn rtt(&self, id: NodeId) -> u32 {
-        self.cw
-            .iter()
-            .chain(&self.ccw)
-            .find(|l| l.handle.id == id)
-            .map_or(RTT_UNKNOWN, |l| l.rtt)
+        [Side::Cw, Side::Ccw]
+            .into_iter()
+            .find_map(|s| self.find(s, id).map(|i| self.side(s)[i].rtt))
+            .unwrap_or(RTT_UNKNOWN)
     }
 
     /// Whether we know every node of the ring: a side is short of members,

@@ -10,6 +10,9 @@ pub struct NeighborhoodSet {
     cap: usize,
     /// Sorted by RTT (µs), nearest first.
     members: Vec<(NodeHandle, u32)>,
+    /// `members`' ids in the same order: what every offer scans (a quarter
+    /// of the memory, so a quarter of the cache misses).
+    ids: Vec<NodeId>,
 }
 
 impl NeighborhoodSet {
@@ -17,6 +20,7 @@ impl NeighborhoodSet {
         NeighborhoodSet {
             cap,
             members: Vec::with_capacity(cap),
+            ids: Vec::with_capacity(cap),
         }
     }
 
@@ -26,34 +30,40 @@ impl NeighborhoodSet {
             return false;
         }
         let full = self.members.len() >= self.cap;
-        if full
-            && self.members.last().is_some_and(|(_, worst)| rtt >= *worst)
-            && !self.members.iter().any(|(m, _)| m.id == h.id)
-        {
+        let at = self.ids.iter().position(|id| *id == h.id);
+        if full && at.is_none() && self.members.last().is_some_and(|(_, w)| rtt >= *w) {
             return false;
         }
-        self.members.retain(|(m, _)| m.id != h.id);
+        if let Some(i) = at {
+            self.members.remove(i);
+            self.ids.remove(i);
+        }
         let pos = self.members.partition_point(|(_, r)| *r <= rtt);
         if pos >= self.cap {
             return false;
         }
         self.members.insert(pos, (h, rtt));
+        self.ids.insert(pos, h.id);
         self.members.truncate(self.cap);
+        self.ids.truncate(self.cap);
         true
     }
 
     /// Measured RTT of a member, if it is one.
     pub fn rtt(&self, id: NodeId) -> Option<u32> {
-        self.members
-            .iter()
-            .find(|(m, _)| m.id == id)
-            .map(|(_, r)| *r)
+        let i = self.ids.iter().position(|m| *m == id)?;
+        Some(self.members[i].1)
     }
 
     pub fn remove(&mut self, id: NodeId) -> bool {
-        let before = self.members.len();
-        self.members.retain(|(m, _)| m.id != id);
-        before != self.members.len()
+        match self.ids.iter().position(|m| *m == id) {
+            Some(i) => {
+                self.members.remove(i);
+                self.ids.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn handles(&self) -> impl Iterator<Item = &NodeHandle> {
