@@ -347,7 +347,9 @@ pub fn directory_answer(
     })
 }
 
-/// `almd groups` for humans: the directory as a table.
+/// `almd groups` for humans: the directory as a table. No member count:
+/// the directory's `members` is one announcer's local count (see above),
+/// which a table column would present as the group's size.
 #[must_use]
 pub fn groups_table(v: &Value) -> String {
     let empty = Vec::new();
@@ -355,22 +357,16 @@ pub fn groups_table(v: &Value) -> String {
     if rows.is_empty() {
         return "no active groups in the overlay\n".to_owned();
     }
-    let mut lines = vec![[
-        "GROUP".to_owned(),
-        "NAME".to_owned(),
-        "MEMBERS".to_owned(),
-        "SINCE".to_owned(),
-    ]];
+    let mut lines = vec![["GROUP".to_owned(), "NAME".to_owned(), "SINCE".to_owned()]];
     for r in rows {
         let age = r["age_s"].as_f64().unwrap_or(0.0);
         lines.push([
             r["group"].as_str().unwrap_or("?").to_owned(),
             r["name"].as_str().unwrap_or("-").to_owned(),
-            r["members"].to_string(),
             format!("{} ago", human_age(age)),
         ]);
     }
-    let mut widths = [0usize; 4];
+    let mut widths = [0usize; 3];
     for l in &lines {
         for (w, c) in widths.iter_mut().zip(l) {
             *w = (*w).max(c.chars().count());
@@ -411,7 +407,7 @@ mod tests {
         let t = groups_table(&v);
         assert_eq!(
             t,
-            "GROUP       NAME   MEMBERS  SINCE\n239.1.2.9   -      1        1m15s ago\n239.10.0.1  video  3        4s ago\n"
+            "GROUP       NAME   SINCE\n239.1.2.9   -      1m15s ago\n239.10.0.1  video  4s ago\n"
         );
         assert_eq!(
             groups_table(&json!({"groups": []})),
