@@ -169,6 +169,14 @@ impl RttCache {
     }
 }
 
+/// Free the table of an empty map (iteration order never matters here:
+/// the maps are only probed by key and `retain`ed).
+fn release_if_empty<K: Eq + std::hash::Hash, V>(m: &mut Map<K, V>) {
+    if m.is_empty() && m.capacity() != 0 {
+        m.shrink_to(0);
+    }
+}
+
 /// The Pastry state machine. See the module documentation.
 #[derive(Debug)]
 pub struct Pastry {
@@ -303,6 +311,25 @@ impl Pastry {
         }
         let bytes = repr.to_bytes(self.me.id);
         self.send_raw(Transmit::datagram(to, bytes));
+    }
+
+    /// Give back the memory of queues and maps that are idle between calls
+    /// (see `Node::release_idle_memory`); only allocations change, never
+    /// contents.
+    pub(crate) fn release_idle(&mut self) {
+        if self.upcalls.is_empty() && self.upcalls.capacity() != 0 {
+            self.upcalls = VecDeque::new();
+        }
+        release_if_empty(&mut self.acks);
+        release_if_empty(&mut self.probes);
+        release_if_empty(&mut self.dead);
+        // Timers are never cancelled, so the heap is rarely empty: when three
+        // quarters of it are unused, shrink it to twice its length (so that
+        // shrinking and regrowing cannot alternate call after call).
+        let (len, cap) = (self.timers.len(), self.timers.capacity());
+        if cap > 4 && len <= cap / 4 {
+            self.timers.shrink_to(len * 2);
+        }
     }
 
     /// Queue an already encoded message (services use this).
