@@ -37,8 +37,12 @@ impl NeighborhoodSet {
         if pos >= self.cap {
             return false;
         }
+        if self.members.len() >= self.cap {
+            // Drop the farthest before inserting rather than after, so the
+            // Vec never grows past `cap` (it would double its allocation).
+            self.members.pop();
+        }
         self.members.insert(pos, (h, rtt));
-        self.members.truncate(self.cap);
         true
     }
 
