@@ -92,6 +92,53 @@ pub enum TimerKind {
     Service(u8),
 }
 
+/// A timer-heap entry: `(Time, TimerKind)` in 32 bytes rather than 48 (the
+/// `u128` of `TimerKind::Probe` aligns the pair to 16), ordered exactly like
+/// the pair: by time, then by kind (variant order, then payload). Timers are
+/// never cancelled, so a node holds many stale ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerEntry {
+    at: u64,
+    /// `TimerKind` variant index, in declaration order.
+    tag: u8,
+    /// The variant's payload as a `u128`, high and low halves.
+    hi: u64,
+    lo: u64,
+}
+
+impl TimerEntry {
+    fn new(at: Time, kind: TimerKind) -> Self {
+        let (tag, arg) = match kind {
+            TimerKind::Keepalive => (0, 0),
+            TimerKind::Probe(id) => (1, id.0),
+            TimerKind::RouteAck(hop) => (2, u128::from(hop)),
+            TimerKind::JoinTimeout(attempt) => (3, u128::from(attempt)),
+            TimerKind::JoinSettle => (4, 0),
+            TimerKind::Gossip => (5, 0),
+            TimerKind::Service(s) => (6, u128::from(s)),
+        };
+        TimerEntry {
+            at: at.0,
+            tag,
+            hi: (arg >> 64) as u64,
+            lo: arg as u64,
+        }
+    }
+
+    fn get(self) -> (Time, TimerKind) {
+        let kind = match self.tag {
+            0 => TimerKind::Keepalive,
+            1 => TimerKind::Probe(NodeId((u128::from(self.hi) << 64) | u128::from(self.lo))),
+            2 => TimerKind::RouteAck(self.lo),
+            3 => TimerKind::JoinTimeout(self.lo as u8),
+            4 => TimerKind::JoinSettle,
+            5 => TimerKind::Gossip,
+            _ => TimerKind::Service(self.lo as u8),
+        };
+        (Time(self.at), kind)
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Phase {
     Idle,
@@ -191,7 +238,7 @@ pub struct Pastry {
     probes: Map<NodeId, Probe>,
     dead: Map<NodeId, Time>,
     rtt_cache: RttCache,
-    timers: BinaryHeap<Reverse<(Time, TimerKind)>>,
+    timers: BinaryHeap<Reverse<TimerEntry>>,
     keepalive_at: Time,
     /// Pending early gossip round, `Time::NEVER` if none.
     gossip_at: Time,
@@ -262,18 +309,18 @@ impl Pastry {
     /// Arm a timer. Timers are never cancelled: a stale one fires, finds its
     /// state gone or changed, and does nothing.
     pub fn set_timer(&mut self, at: Time, kind: TimerKind) {
-        self.timers.push(Reverse((at, kind)));
+        self.timers.push(Reverse(TimerEntry::new(at, kind)));
     }
 
     /// Earliest deadline and its reason.
     pub fn poll_timeout(&self) -> Option<(Time, TimerKind)> {
-        self.timers.peek().map(|Reverse(t)| *t)
+        self.timers.peek().map(|Reverse(t)| t.get())
     }
 
     /// Fire every timer due at `now`. Service timers are handed back to
     /// the owner through `fired`.
     pub fn handle_timeout(&mut self, now: Time, fired: &mut Vec<u8>) {
-        while let Some(Reverse((at, kind))) = self.timers.peek().copied() {
+        while let Some((at, kind)) = self.poll_timeout() {
             if at > now {
                 break;
             }
@@ -1241,5 +1288,49 @@ impl Pastry {
             self.set_timer(now + self.cfg.join_settle, TimerKind::JoinSettle);
             self.maybe_finish_join(now, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_entries_round_trip_and_order_like_the_pair() {
+        let ids = [
+            0,
+            1,
+            u128::from(u64::MAX),
+            1 << 64,
+            (1 << 64) + 1,
+            u128::MAX,
+        ];
+        let mut kinds = vec![
+            TimerKind::Keepalive,
+            TimerKind::JoinSettle,
+            TimerKind::Gossip,
+        ];
+        for id in ids {
+            kinds.push(TimerKind::Probe(NodeId(id)));
+        }
+        for x in [0, 1, u64::MAX] {
+            kinds.push(TimerKind::RouteAck(x));
+        }
+        for x in [0, 1, u8::MAX] {
+            kinds.push(TimerKind::JoinTimeout(x));
+            kinds.push(TimerKind::Service(x));
+        }
+        let pairs: Vec<(Time, TimerKind)> = [0, 7, u64::MAX]
+            .into_iter()
+            .flat_map(|t| kinds.iter().map(move |k| (Time(t), *k)))
+            .collect();
+        for a in &pairs {
+            assert_eq!(TimerEntry::new(a.0, a.1).get(), *a);
+            for b in &pairs {
+                let (ea, eb) = (TimerEntry::new(a.0, a.1), TimerEntry::new(b.0, b.1));
+                assert_eq!(ea.cmp(&eb), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+        assert_eq!(core::mem::size_of::<TimerEntry>(), 32);
     }
 }
