@@ -79,6 +79,9 @@ impl Engine for Node {
     fn poll_timeout(&self) -> Option<Time> {
         Node::poll_timeout(self)
     }
+    fn release_idle_memory(&mut self) {
+        Node::release_idle_memory(self);
+    }
     fn is_joined(&self) -> bool {
         Node::is_joined(self)
     }

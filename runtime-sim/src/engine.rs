@@ -76,8 +76,8 @@ pub struct EngineStats {
 /// A sans-IO overlay participant, as the simulator drives it.
 ///
 /// Drain rule: after every `handle_*` or command call the simulator polls
-/// `poll_transmit` and `poll_event` until both return `None`, then reads
-/// `poll_timeout`. A poll that returns `Some` after having returned `None`
+/// `poll_transmit` and `poll_event` until both return `None`, calls
+/// `release_idle_memory`, then reads `poll_timeout`. A poll that returns `Some` after having returned `None`
 /// with no input in between is a *drain violation*, counted in the reports.
 pub trait Engine {
     fn handle_datagram(&mut self, now: Time, from: PeerAddr, bytes: Bytes);
@@ -91,6 +91,10 @@ pub trait Engine {
     fn poll_transmit(&mut self) -> Option<SimTransmit>;
     fn poll_event(&mut self) -> Option<SimEvent>;
     fn poll_timeout(&self) -> Option<Time>;
+    /// Called after every drain: give back buffer capacity the engine does
+    /// not need between calls (a million engines share one process).
+    /// Must not change behaviour. The default does nothing.
+    fn release_idle_memory(&mut self) {}
 
     fn is_joined(&self) -> bool;
     fn routing_table_len(&self) -> usize;

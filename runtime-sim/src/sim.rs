@@ -454,6 +454,7 @@ fn drain<E: Engine, T: Topology, O: Observer<E, T>>(
             obs.on_event(now, i, ev);
         }
     }
+    engine.release_idle_memory();
     meta.deadline = engine.poll_timeout().map_or(u64::MAX, |t| t.0);
     arm(net, meta, i, after_timeout);
 }

@@ -95,6 +95,55 @@ pub enum TimerKind {
     Service(u8),
 }
 
+/// A timer-heap entry: `(Time, TimerKind)` in 32 bytes rather than 48 (the
+/// `u128` of `TimerKind::Probe` aligns the pair to 16), ordered exactly like
+/// the pair: by time, then by kind (variant order, then payload). Timers are
+/// never cancelled, so a node holds many stale ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerEntry {
+    at: u64,
+    /// `TimerKind` variant index, in declaration order.
+    tag: u8,
+    /// The variant's payload as a `u128`, high and low halves.
+    hi: u64,
+    lo: u64,
+}
+
+impl TimerEntry {
+    fn new(at: Time, kind: TimerKind) -> Self {
+        let (tag, arg) = match kind {
+            TimerKind::Keepalive => (0, 0),
+            TimerKind::Probe(id) => (1, id.0),
+            TimerKind::RouteAck(hop) => (2, u128::from(hop)),
+            TimerKind::JoinTimeout(attempt) => (3, u128::from(attempt)),
+            TimerKind::JoinSettle => (4, 0),
+            TimerKind::Gossip => (5, 0),
+            TimerKind::Refine(n) => (6, u128::from(n)),
+            TimerKind::Service(s) => (7, u128::from(s)),
+        };
+        TimerEntry {
+            at: at.0,
+            tag,
+            hi: (arg >> 64) as u64,
+            lo: arg as u64,
+        }
+    }
+
+    fn get(self) -> (Time, TimerKind) {
+        let kind = match self.tag {
+            0 => TimerKind::Keepalive,
+            1 => TimerKind::Probe(NodeId((u128::from(self.hi) << 64) | u128::from(self.lo))),
+            2 => TimerKind::RouteAck(self.lo),
+            3 => TimerKind::JoinTimeout(self.lo as u8),
+            4 => TimerKind::JoinSettle,
+            5 => TimerKind::Gossip,
+            6 => TimerKind::Refine(self.lo as u8),
+            _ => TimerKind::Service(self.lo as u8),
+        };
+        (Time(self.at), kind)
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Phase {
     Idle,
@@ -170,6 +219,14 @@ impl RttCache {
     }
 }
 
+/// Free the table of an empty map (iteration order never matters here:
+/// the maps are only probed by key and `retain`ed).
+fn release_if_empty<K: Eq + std::hash::Hash, V>(m: &mut Map<K, V>) {
+    if m.is_empty() && m.capacity() != 0 {
+        m.shrink_to(0);
+    }
+}
+
 /// The Pastry state machine. See the module documentation.
 #[derive(Debug)]
 pub struct Pastry {
@@ -184,7 +241,7 @@ pub struct Pastry {
     probes: Map<NodeId, Probe>,
     dead: Map<NodeId, Time>,
     rtt_cache: RttCache,
-    timers: BinaryHeap<Reverse<(Time, TimerKind)>>,
+    timers: BinaryHeap<Reverse<TimerEntry>>,
     keepalive_at: Time,
     /// Pending early gossip round, `Time::NEVER` if none.
     gossip_at: Time,
@@ -262,18 +319,18 @@ impl Pastry {
     /// Arm a timer. Timers are never cancelled: a stale one fires, finds its
     /// state gone or changed, and does nothing.
     pub fn set_timer(&mut self, at: Time, kind: TimerKind) {
-        self.timers.push(Reverse((at, kind)));
+        self.timers.push(Reverse(TimerEntry::new(at, kind)));
     }
 
     /// Earliest deadline and its reason.
     pub fn poll_timeout(&self) -> Option<(Time, TimerKind)> {
-        self.timers.peek().map(|Reverse(t)| *t)
+        self.timers.peek().map(|Reverse(t)| t.get())
     }
 
     /// Fire every timer due at `now`. Service timers are handed back to
     /// the owner through `fired`.
     pub fn handle_timeout(&mut self, now: Time, fired: &mut Vec<u8>) {
-        while let Some(Reverse((at, kind))) = self.timers.peek().copied() {
+        while let Some((at, kind)) = self.poll_timeout() {
             if at > now {
                 break;
             }
@@ -304,6 +361,25 @@ impl Pastry {
     pub fn send(&mut self, to: PeerAddr, repr: &Repr) {
         let bytes = repr.to_bytes(self.me.id);
         self.send_raw(Transmit::datagram(to, bytes));
+    }
+
+    /// Give back the memory of queues and maps that are idle between calls
+    /// (see `Node::release_idle_memory`); only allocations change, never
+    /// contents.
+    pub(crate) fn release_idle(&mut self) {
+        if self.upcalls.is_empty() && self.upcalls.capacity() != 0 {
+            self.upcalls = VecDeque::new();
+        }
+        release_if_empty(&mut self.acks);
+        release_if_empty(&mut self.probes);
+        release_if_empty(&mut self.dead);
+        // Timers are never cancelled, so the heap is rarely empty: when three
+        // quarters of it are unused, shrink it to twice its length (so that
+        // shrinking and regrowing cannot alternate call after call).
+        let (len, cap) = (self.timers.len(), self.timers.capacity());
+        if cap > 4 && len <= cap / 4 {
+            self.timers.shrink_to(len * 2);
+        }
     }
 
     /// Queue an already encoded message (services use this).
@@ -1466,5 +1542,45 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn timer_entries_round_trip_and_order_like_the_pair() {
+        let ids = [
+            0,
+            1,
+            u128::from(u64::MAX),
+            1 << 64,
+            (1 << 64) + 1,
+            u128::MAX,
+        ];
+        let mut kinds = vec![
+            TimerKind::Keepalive,
+            TimerKind::JoinSettle,
+            TimerKind::Gossip,
+        ];
+        for id in ids {
+            kinds.push(TimerKind::Probe(NodeId(id)));
+        }
+        for x in [0, 1, u64::MAX] {
+            kinds.push(TimerKind::RouteAck(x));
+        }
+        for x in [0, 1, u8::MAX] {
+            kinds.push(TimerKind::JoinTimeout(x));
+            kinds.push(TimerKind::Refine(x));
+            kinds.push(TimerKind::Service(x));
+        }
+        let pairs: Vec<(Time, TimerKind)> = [0, 7, u64::MAX]
+            .into_iter()
+            .flat_map(|t| kinds.iter().map(move |k| (Time(t), *k)))
+            .collect();
+        for a in &pairs {
+            assert_eq!(TimerEntry::new(a.0, a.1).get(), *a);
+            for b in &pairs {
+                let (ea, eb) = (TimerEntry::new(a.0, a.1), TimerEntry::new(b.0, b.1));
+                assert_eq!(ea.cmp(&eb), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+        assert_eq!(core::mem::size_of::<TimerEntry>(), 32);
     }
 }

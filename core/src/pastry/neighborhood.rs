@@ -42,10 +42,14 @@ impl NeighborhoodSet {
         if pos >= self.cap {
             return false;
         }
+        if self.members.len() >= self.cap {
+            // Drop the farthest before inserting rather than after, so the
+            // Vecs never grow past `cap` (they would double their allocation).
+            self.members.pop();
+            self.ids.pop();
+        }
         self.members.insert(pos, (h, rtt));
         self.ids.insert(pos, h.id);
-        self.members.truncate(self.cap);
-        self.ids.truncate(self.cap);
         true
     }
 

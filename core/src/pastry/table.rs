@@ -32,12 +32,23 @@ pub enum Offer {
     Rejected,
 }
 
+/// Sparse: only occupied slots are stored, in (row, column) order. At N
+/// nodes a table holds about 15·log16 N entries, while the rows they fall in
+/// would take 16 slots each (and the deepest populated rows hold one or two).
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     me: NodeId,
     b: u32,
-    rows: Vec<Option<Box<[Option<Entry>]>>>,
-    len: usize,
+    rows: usize,
+    /// `slot_key(row, col)` of each entry, ascending.
+    keys: Vec<u16>,
+    /// The entries, in the order of `keys`.
+    entries: Vec<Entry>,
+}
+
+/// Sort key of a slot: rows are at most 128 and columns at most 256.
+fn slot_key(row: usize, col: usize) -> u16 {
+    ((row << 8) | col) as u16
 }
 
 impl RoutingTable {
@@ -46,8 +57,9 @@ impl RoutingTable {
         RoutingTable {
             me,
             b,
-            rows: vec![None; nrows],
-            len: 0,
+            rows: nrows,
+            keys: Vec::new(),
+            entries: Vec::new(),
         }
     }
 
@@ -60,14 +72,18 @@ impl RoutingTable {
         Some((row, id.digit(row, self.b)))
     }
 
-    pub fn get(&self, row: usize, col: usize) -> Option<&Entry> {
-        self.rows.get(row)?.as_ref()?.get(col)?.as_ref()
+    /// Index of slot (`row`, `col`) in `entries`: `Ok` if occupied, else
+    /// where it would go. `None` for a slot outside the table.
+    fn find(&self, row: usize, col: usize) -> Option<Result<usize, usize>> {
+        if row >= self.rows || col >= 1 << self.b {
+            return None;
+        }
+        Some(self.keys.binary_search(&slot_key(row, col)))
     }
 
-    fn slot_mut(&mut self, row: usize, col: usize) -> &mut Option<Entry> {
-        let cols = 1usize << self.b;
-        let r = self.rows[row].get_or_insert_with(|| vec![None; cols].into_boxed_slice());
-        &mut r[col]
+    pub fn get(&self, row: usize, col: usize) -> Option<&Entry> {
+        let i = self.find(row, col)?.ok()?;
+        Some(&self.entries[i])
     }
 
     /// Offer a candidate with its RTT if known.
@@ -75,26 +91,36 @@ impl RoutingTable {
         let Some((row, col)) = self.slot(handle.id) else {
             return Offer::Rejected;
         };
-        let slot = self.slot_mut(row, col);
-        match slot {
-            None => {
-                *slot = Some(Entry {
-                    handle,
-                    rtt,
-                    heard: Time::ZERO,
-                });
-                self.len += 1;
+        match self.find(row, col) {
+            None => Offer::Rejected,
+            Some(Err(i)) => {
+                if self.entries.len() == self.entries.capacity() {
+                    // Grow by an eighth rather than double: tables fill
+                    // during the join and then keep their size.
+                    let more = (self.entries.len() / 8).max(4);
+                    self.entries.reserve_exact(more);
+                    self.keys.reserve_exact(more);
+                }
+                self.keys.insert(i, slot_key(row, col));
+                self.entries.insert(
+                    i,
+                    Entry {
+                        handle,
+                        rtt,
+                        heard: Time::ZERO,
+                    },
+                );
                 Offer::Inserted
             }
-            Some(e) if e.handle.id == handle.id => {
-                e.handle.addr = handle.addr;
-                if rtt != RTT_UNKNOWN {
-                    e.rtt = rtt;
-                }
-                Offer::Rejected
-            }
-            Some(e) => {
-                if rtt == RTT_UNKNOWN {
+            Some(Ok(i)) => {
+                let e = &mut self.entries[i];
+                if e.handle.id == handle.id {
+                    e.handle.addr = handle.addr;
+                    if rtt != RTT_UNKNOWN {
+                        e.rtt = rtt;
+                    }
+                    Offer::Rejected
+                } else if rtt == RTT_UNKNOWN {
                     Offer::NeedsRtt
                 } else if e.rtt == RTT_UNKNOWN || rtt < e.rtt {
                     let old = e.handle;
@@ -111,41 +137,34 @@ impl RoutingTable {
         }
     }
 
+    /// Index in `entries` of the node `id`, if it is in the table.
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        let (row, col) = self.slot(id)?;
+        let i = self.find(row, col)?.ok()?;
+        (self.entries[i].handle.id == id).then_some(i)
+    }
+
     /// Record a fresh RTT for a node already in the table.
     pub fn update_rtt(&mut self, id: NodeId, rtt: u32) {
-        if let Some((row, col)) = self.slot(id)
-            && let Some(Some(r)) = self.rows.get_mut(row)
-            && let Some(Some(e)) = r.get_mut(col)
-            && e.handle.id == id
-        {
-            e.rtt = rtt;
+        if let Some(i) = self.index_of(id) {
+            self.entries[i].rtt = rtt;
         }
     }
 
     /// A message from `id` arrived at `now`: if it is in the table, it need
     /// not be probed for a while.
     pub fn heard(&mut self, id: NodeId, now: Time) {
-        if let Some((row, col)) = self.slot(id)
-            && let Some(Some(r)) = self.rows.get_mut(row)
-            && let Some(Some(e)) = r.get_mut(col)
-            && e.handle.id == id
-        {
-            e.heard = now;
+        if let Some(i) = self.index_of(id) {
+            self.entries[i].heard = now;
         }
     }
 
     /// Remove `id`; returns its former slot.
     pub fn remove(&mut self, id: NodeId) -> Option<(usize, usize)> {
-        let (row, col) = self.slot(id)?;
-        let r = self.rows.get_mut(row)?.as_mut()?;
-        match &r[col] {
-            Some(e) if e.handle.id == id => {
-                r[col] = None;
-                self.len -= 1;
-                Some((row, col))
-            }
-            _ => None,
-        }
+        let i = self.index_of(id)?;
+        self.keys.remove(i);
+        self.entries.remove(i);
+        self.slot(id)
     }
 
     /// Whether a candidate `id` of unknown RTT would be probed: its slot is
@@ -158,35 +177,33 @@ impl RoutingTable {
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
-        self.slot(id)
-            .and_then(|(r, c)| self.get(r, c))
-            .is_some_and(|e| e.handle.id == id)
+        self.index_of(id).is_some()
     }
 
     /// Entries of one row, in column order.
     pub fn row(&self, row: usize) -> impl Iterator<Item = &Entry> {
-        self.rows
-            .get(row)
-            .and_then(|r| r.as_ref())
-            .into_iter()
-            .flat_map(|r| r.iter().flatten())
+        let lo = self.keys.partition_point(|&k| usize::from(k) < row << 8);
+        let hi = self
+            .keys
+            .partition_point(|&k| usize::from(k) < (row + 1) << 8);
+        self.entries[lo..hi].iter()
     }
 
     /// All entries, row by row.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.rows.iter().flatten().flat_map(|r| r.iter().flatten())
+        self.entries.iter()
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
     pub fn num_rows(&self) -> usize {
-        self.rows.len()
+        self.rows
     }
 }
 
@@ -230,12 +247,38 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_allocated_lazily() {
+    fn only_occupied_slots_are_stored_in_slot_order() {
         let mut t = RoutingTable::new(NodeId(ME), 4);
-        assert_eq!(t.rows.iter().filter(|r| r.is_some()).count(), 0);
+        assert_eq!(t.entries.capacity(), 0);
         t.offer(h(ME ^ 1), 5);
-        assert_eq!(t.rows.iter().filter(|r| r.is_some()).count(), 1);
         assert_eq!(t.row(31).count(), 1);
         assert_eq!(t.entries().count(), 1);
+        // Offered out of order, listed by (row, column).
+        for id in [
+            0xf << 124,
+            0x3 << 124,
+            0x1200 << 112,
+            0x1f << 120,
+            0x1235 << 112,
+        ] {
+            assert_eq!(t.offer(h(id), RTT_UNKNOWN), Offer::Inserted);
+        }
+        let slots: Vec<(usize, usize)> =
+            t.entries().map(|e| t.slot(e.handle.id).unwrap()).collect();
+        assert_eq!(
+            slots,
+            vec![(0, 3), (0, 15), (1, 15), (2, 0), (3, 5), (31, 1)]
+        );
+        assert_eq!(t.row(0).count(), 2);
+        assert_eq!(t.row(4).count(), 0);
+        assert_eq!(t.row(32).count(), 0);
+        assert!(t.get(32, 0).is_none() && t.get(0, 16).is_none());
+        assert_eq!(
+            t.get(2, 0).map(|e| e.handle.id),
+            Some(NodeId(0x1200 << 112))
+        );
+        assert_eq!(t.remove(NodeId(0x1f << 120)), Some((1, 15)));
+        assert_eq!(t.row(1).count(), 0);
+        assert_eq!(t.len(), 5);
     }
 }
