@@ -468,10 +468,8 @@ impl Harness {
                 self.deliver(to, me, &state(state_flags::LEAFSET))
             }
             Repr::RowRequest { .. } => self.deliver(to, me, &state(state_flags::ROW)),
-            Repr::RouteAck { .. }
-            | Repr::State(_)
-            | Repr::Pong { .. }
-            | Repr::RttReport { .. } => {}
+            Repr::RouteAck { .. } | Repr::State(_) | Repr::Pong { .. } | Repr::RttReport { .. } => {
+            }
         }
     }
 
