@@ -182,6 +182,19 @@ wait_tap_addr() {
     done
 }
 
+# wait_taps N: the TAP addresses of hosts 1..N, allocated in the overlay,
+# into the array `taps` (h1's at index 0); dies if one is missing.
+wait_taps() {
+    local i a
+    taps=()
+    for i in $(seq 1 "$1"); do
+        a="$(wait_tap_addr "$i")"
+        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
+        taps+=("$a")
+    done
+    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+}
+
 # start_overlay_auto N: hosts 1..N with start_almd_auto, all joined.
 start_overlay_auto() {
     local n="$1" i
@@ -489,13 +502,7 @@ socat)
     N=200
     # h2 and h3 also try --listen 0.0.0.0:4000 --advertise 10.77.0.I:4000.
     ALMD_WILDCARD=1 start_overlay_auto 3
-    taps=()
-    for i in 1 2 3; do
-        a="$(wait_tap_addr "$i")"
-        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
-        taps+=("$a")
-    done
-    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+    wait_taps 3
     # What the overlay learned: h1's leaf set names h2 and h3 by their
     # advertised addresses, never 0.0.0.0.
     status 1 >"$D/st1.json"
@@ -548,13 +555,7 @@ mgen)
     # through h3's almd, which must not deliver it into h3's TAP.
     NODE_ID_3="$("$ALM_PROBE" topic "$G2")"
     start_overlay_auto 3
-    taps=()
-    for i in 1 2 3; do
-        a="$(wait_tap_addr "$i")"
-        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
-        taps+=("$a")
-    done
-    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+    wait_taps 3
     # h2 joins both groups; h3 joins only G1 but listens on both ports, so a
     # G2 message that reached h3's sockets would be logged.
     printf '0.0 LISTEN UDP %s,%s\n0.0 JOIN %s INTERFACE alm0 PORT %s\n0.0 JOIN %s INTERFACE alm0 PORT %s\n' \
@@ -653,13 +654,7 @@ ffmpeg)
     RX_TIMEOUT=5 # s of silence after which the receiver's input ends
     # h3 runs almd with no application: the group's tree may pass through it.
     start_overlay_auto 3
-    taps=()
-    for i in 1 2 3; do
-        a="$(wait_tap_addr "$i")"
-        [ -n "$a" ] || die "h$i has no TAP address after 20 s"
-        taps+=("$a")
-    done
-    log "TAP addresses: ${taps[*]} after $(elapsed) s"
+    wait_taps 3
     # Receiver on h2: joins on its TAP (localaddr), decodes the video
     # (-f null, progress in r.progress) and keeps the stream (-c copy).
     nsx 2 ffmpeg -hide_banner -nostdin -loglevel info -progress "$D/r.progress" \

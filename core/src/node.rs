@@ -406,9 +406,6 @@ impl Node {
     /// daemon hosting one node need not, and then reuses its buffers without
     /// allocating on the hot path. Only allocations change, never behaviour.
     pub fn release_idle_memory(&mut self) {
-        if self.pastry.transmits.is_empty() && self.pastry.transmits.capacity() != 0 {
-            self.pastry.transmits = VecDeque::new();
-        }
         if self.events.is_empty() && self.events.capacity() != 0 {
             self.events = VecDeque::new();
         }

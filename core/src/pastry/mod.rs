@@ -367,6 +367,9 @@ impl Pastry {
     /// (see `Node::release_idle_memory`); only allocations change, never
     /// contents.
     pub(crate) fn release_idle(&mut self) {
+        if self.transmits.is_empty() && self.transmits.capacity() != 0 {
+            self.transmits = VecDeque::new();
+        }
         if self.upcalls.is_empty() && self.upcalls.capacity() != 0 {
             self.upcalls = VecDeque::new();
         }
@@ -670,13 +673,8 @@ impl Pastry {
                     want_probe = true;
                 }
             }
-            Offer::NeedsRtt => {
-                let holder = self
-                    .table
-                    .slot(h.id)
-                    .and_then(|(r, c)| self.table.get(r, c))
-                    .map_or(RTT_UNKNOWN, |e| e.rtt);
-                let hopeless = holder != RTT_UNKNOWN && holder <= floor;
+            Offer::NeedsRtt { holder_rtt } => {
+                let hopeless = holder_rtt != RTT_UNKNOWN && holder_rtt <= floor;
                 if hopeless {
                     self.stats.probes_pruned += 1;
                 }
@@ -905,14 +903,6 @@ impl Pastry {
         self.gossip_leaf_set();
         let memory = self.cfg.dead_memory;
         self.dead.retain(|_, t| now.saturating_since(*t) < memory);
-        // Give back what bursts (the join, a repair) made the queues grow to:
-        // at a million simulated nodes idle capacity is most of the memory.
-        self.dead.shrink_to(0);
-        self.probes.shrink_to(0);
-        self.acks.shrink_to(0);
-        self.transmits.shrink_to(0);
-        self.upcalls.shrink_to(0);
-        self.timers.shrink_to(self.timers.len().max(8));
         self.maybe_refresh_leaf_set(now);
         // Row maintenance runs on average once per keep-alive interval.
         let per = (self.cfg.keepalive_interval.as_micros()

@@ -25,9 +25,10 @@ pub enum Offer {
     Inserted,
     /// It displaced a farther node.
     Replaced(NodeHandle),
-    /// Its slot is held by a node whose RTT it cannot be compared with yet:
-    /// measure it and offer again.
-    NeedsRtt,
+    /// Its slot is held by a node (measured at `holder_rtt`, `RTT_UNKNOWN`
+    /// if not) that it cannot be compared with yet: measure it and offer
+    /// again.
+    NeedsRtt { holder_rtt: u32 },
     /// Not wanted (ourselves, already present, or farther than the holder).
     Rejected,
 }
@@ -121,7 +122,7 @@ impl RoutingTable {
                     }
                     Offer::Rejected
                 } else if rtt == RTT_UNKNOWN {
-                    Offer::NeedsRtt
+                    Offer::NeedsRtt { holder_rtt: e.rtt }
                 } else if e.rtt == RTT_UNKNOWN || rtt < e.rtt {
                     let old = e.handle;
                     *e = Entry {
@@ -233,7 +234,12 @@ mod tests {
         let a = h(0x5 << 124);
         let b = h((0x5 << 124) + 7);
         assert_eq!(t.offer(a, RTT_UNKNOWN), Offer::Inserted);
-        assert_eq!(t.offer(b, RTT_UNKNOWN), Offer::NeedsRtt);
+        assert_eq!(
+            t.offer(b, RTT_UNKNOWN),
+            Offer::NeedsRtt {
+                holder_rtt: RTT_UNKNOWN
+            }
+        );
         // The unmeasured holder loses to a measured candidate.
         assert_eq!(t.offer(b, 50), Offer::Replaced(a));
         assert_eq!(t.offer(a, 80), Offer::Rejected);
