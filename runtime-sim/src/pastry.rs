@@ -14,7 +14,7 @@
 
 pub use crate::build::peak_rss_mb;
 use crate::build::{Joiner, offset_us, progress, unique_ids};
-use crate::engine::{Engine, SimEvent};
+use crate::engine::{Engine, SimEvent, SimTransmit};
 use crate::sim::{Action, NetConfig, Observer, Sim};
 use crate::topology::{AnyTopology, Topology, TopologyKind};
 use alm_core::{Duration, Key, NodeId, PeerAddr, Rng, Time};
@@ -135,6 +135,8 @@ pub struct PastryReport {
     pub leaf_set_mean: f64,
     pub join_msgs_mean: f64,
     pub msgs_total: u64,
+    /// `msgs_total` split by message type (Pastry's names, others by hex).
+    pub msgs_by_type: std::collections::BTreeMap<String, u64>,
     pub bytes_total: u64,
     pub decode_errors: u64,
     pub sim_events: u64,
@@ -203,6 +205,8 @@ struct Scenario<F> {
     phase: Option<Phase>,
     lookup_rng: Rng,
     mode: Mode,
+    /// Messages sent, indexed by the header's type byte.
+    by_type: [u64; 256],
 }
 
 /// When the scenario stops `run_until` early.
@@ -220,6 +224,13 @@ where
     E: Engine,
     F: FnMut(NodeId, PeerAddr, u64) -> E,
 {
+    #[inline]
+    fn on_transmit(&mut self, _now: Time, _from: usize, t: &SimTransmit) {
+        if let Some(&ty) = t.bytes.get(1) {
+            self.by_type[ty as usize] += 1;
+        }
+    }
+
     fn on_event(&mut self, now: Time, node: usize, event: SimEvent) {
         self.join.on_event(now, node, &event);
         let SimEvent::Delivered { payload, hops, .. } = event else {
@@ -348,6 +359,7 @@ where
         phase: None,
         lookup_rng,
         mode: Mode::Build,
+        by_type: [0; 256],
     };
 
     // Build by joins.
@@ -439,6 +451,7 @@ where
         leaf_set_mean,
         join_msgs_mean: build_msgs as f64 / n.max(1) as f64,
         msgs_total: st.transmits,
+        msgs_by_type: msgs_by_type(&sc.by_type),
         bytes_total: st.bytes,
         decode_errors,
         sim_events: st.events,
@@ -774,4 +787,22 @@ mod tests {
         assert_eq!(closest_live(&[10, 20], NodeId(15)), Some(10));
         assert_eq!(closest_live(&[], NodeId(15)), None);
     }
+}
+
+/// Name the non-zero per-type counts: Pastry's types by name, the rest
+/// (Scribe, DHT) by their hex type byte.
+fn msgs_by_type(counts: &[u64; 256]) -> std::collections::BTreeMap<String, u64> {
+    use alm_core::wire::MsgType;
+    let mut out = std::collections::BTreeMap::new();
+    for (ty, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let name = match MsgType::from_u8(ty as u8) {
+            Some(t) => format!("{t:?}"),
+            None => format!("0x{ty:02x}"),
+        };
+        out.insert(name, n);
+    }
+    out
 }
