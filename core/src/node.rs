@@ -412,6 +412,11 @@ impl Node {
         self.pastry.release_idle();
     }
 
+    /// See `Pastry::hot_memory`.
+    pub fn hot_memory(&self) -> [*const u8; 7] {
+        self.pastry.hot_memory()
+    }
+
     /// When `handle_timeout` should next be called. Read it after draining.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {

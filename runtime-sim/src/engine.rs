@@ -95,6 +95,9 @@ pub trait Engine {
     /// not need between calls (a million engines share one process).
     /// Must not change behaviour. The default does nothing.
     fn release_idle_memory(&mut self) {}
+    /// Called before every input: start fetching the memory the engine is
+    /// about to touch into the CPU cache. Must not change behaviour.
+    fn prefetch(&self) {}
 
     fn is_joined(&self) -> bool;
     fn routing_table_len(&self) -> usize;

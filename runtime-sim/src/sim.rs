@@ -288,6 +288,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
         let Some(engine) = self.engines[i].as_mut() else {
             return;
         };
+        engine.prefetch();
         f(engine, now);
         drain(&mut self.net, meta, engine, i, obs, false);
     }
@@ -379,6 +380,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
                     self.net.stats.timeouts_fired += 1;
                     // alive and armed imply started.
                     let engine = self.engines[i].as_mut().expect("armed node has an engine");
+                    engine.prefetch();
                     engine.handle_timeout(t);
                     drain(&mut self.net, meta, engine, i, obs, true);
                 } else {

@@ -44,6 +44,10 @@ pub enum Side {
 }
 
 impl LeafSet {
+    /// Addresses of the member buffers (for a runtime's cache prefetch).
+    pub fn buffers(&self) -> [*const u8; 2] {
+        [self.cw.as_ptr().cast(), self.ccw.as_ptr().cast()]
+    }
     pub fn new(me: NodeId, size: usize) -> Self {
         let half = (size / 2).max(1);
         LeafSet {

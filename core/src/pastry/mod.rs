@@ -176,6 +176,9 @@ struct Probe {
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
 const MAX_HOPS: u8 = 40;
 
+/// Queue capacity (entries) `release_idle` leaves allocated.
+const KEEP_QUEUE: usize = 4;
+
 /// Slots of the RTT cache.
 const RTT_CACHE_SLOTS: usize = 64;
 
@@ -292,6 +295,19 @@ impl Pastry {
         }
     }
 
+    /// Where the state every message touches lives: the leaf set, the
+    /// routing table, the neighbourhood set and the timer heap. A runtime
+    /// driving many nodes from one thread (the simulator) prefetches these
+    /// before handing a node its input; the pointers are never dereferenced
+    /// here.
+    pub fn hot_memory(&self) -> [*const u8; 7] {
+        let [a, b] = self.leaves.buffers();
+        let [c, d] = self.table.buffers();
+        let [e, f] = self.nbrs.buffers();
+        let g = self.timers.as_slice().as_ptr().cast();
+        [a, b, c, d, e, f, g]
+    }
+
     pub fn me(&self) -> NodeHandle {
         self.me
     }
@@ -367,10 +383,12 @@ impl Pastry {
     /// (see `Node::release_idle_memory`); only allocations change, never
     /// contents.
     pub(crate) fn release_idle(&mut self) {
-        if self.transmits.is_empty() && self.transmits.capacity() != 0 {
+        // Small queues stay: nearly every call refills them, and a few
+        // hundred bytes per node cost less than an allocation per message.
+        if self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE {
             self.transmits = VecDeque::new();
         }
-        if self.upcalls.is_empty() && self.upcalls.capacity() != 0 {
+        if self.upcalls.is_empty() && self.upcalls.capacity() > KEEP_QUEUE {
             self.upcalls = VecDeque::new();
         }
         release_if_empty(&mut self.acks);

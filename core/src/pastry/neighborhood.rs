@@ -10,17 +10,58 @@ pub struct NeighborhoodSet {
     cap: usize,
     /// Sorted by RTT (µs), nearest first.
     members: Vec<(NodeHandle, u32)>,
-    /// `members`' ids in the same order: what every offer scans (a quarter
-    /// of the memory, so a quarter of the cache misses).
+    /// `members`' ids in the same order: what a membership test scans.
     ids: Vec<NodeId>,
+    /// Bloom filter of `ids` (two bits per member out of 256): most ids
+    /// asked about are not members, and this answers for them from the
+    /// struct itself, without touching the Vecs (each lookup of a node's
+    /// state in a big simulation is a cache miss).
+    bloom: [u64; 4],
+}
+
+/// The two filter bits of `id` (ids are uniformly random: any bits do).
+fn bloom_bits(id: NodeId) -> [(usize, u64); 2] {
+    let a = id.0 as u8;
+    let b = (id.0 >> 8) as u8;
+    [
+        (usize::from(a >> 6), 1 << (a & 63)),
+        (usize::from(b >> 6), 1 << (b & 63)),
+    ]
 }
 
 impl NeighborhoodSet {
+    /// Addresses of the id and member buffers (for a runtime's cache prefetch).
+    pub fn buffers(&self) -> [*const u8; 2] {
+        [self.ids.as_ptr().cast(), self.members.as_ptr().cast()]
+    }
     pub fn new(cap: usize) -> Self {
         NeighborhoodSet {
             cap,
             members: Vec::with_capacity(cap),
             ids: Vec::with_capacity(cap),
+            bloom: [0; 4],
+        }
+    }
+
+    fn maybe_member(&self, id: NodeId) -> bool {
+        bloom_bits(id)
+            .iter()
+            .all(|&(w, bit)| self.bloom[w] & bit != 0)
+    }
+
+    fn position(&self, id: NodeId) -> Option<usize> {
+        if !self.maybe_member(id) {
+            return None;
+        }
+        self.ids.iter().position(|m| *m == id)
+    }
+
+    fn rebuild_bloom(&mut self) {
+        self.bloom = [0; 4];
+        for i in 0..self.ids.len() {
+            for (w, bit) in bloom_bits(self.ids[i]) {
+                self.bloom[w] |= bit;
+            }
         }
     }
 
@@ -30,7 +71,7 @@ impl NeighborhoodSet {
             return false;
         }
         let full = self.members.len() >= self.cap;
-        let at = self.ids.iter().position(|id| *id == h.id);
+        let at = self.position(h.id);
         if full && at.is_none() && self.members.last().is_some_and(|(_, w)| rtt >= *w) {
             return false;
         }
@@ -40,9 +81,11 @@ impl NeighborhoodSet {
         }
         let pos = self.members.partition_point(|(_, r)| *r <= rtt);
         if pos >= self.cap {
+            self.rebuild_bloom();
             return false;
         }
-        if self.members.len() >= self.cap {
+        let evicted = self.members.len() >= self.cap;
+        if evicted {
             // Drop the farthest before inserting rather than after, so the
             // Vecs never grow past `cap` (they would double their allocation).
             self.members.pop();
@@ -50,20 +93,28 @@ impl NeighborhoodSet {
         }
         self.members.insert(pos, (h, rtt));
         self.ids.insert(pos, h.id);
+        if evicted || at.is_some() {
+            self.rebuild_bloom();
+        } else {
+            for (w, bit) in bloom_bits(h.id) {
+                self.bloom[w] |= bit;
+            }
+        }
         true
     }
 
     /// Measured RTT of a member, if it is one.
     pub fn rtt(&self, id: NodeId) -> Option<u32> {
-        let i = self.ids.iter().position(|m| *m == id)?;
+        let i = self.position(id)?;
         Some(self.members[i].1)
     }
 
     pub fn remove(&mut self, id: NodeId) -> bool {
-        match self.ids.iter().position(|m| *m == id) {
+        match self.position(id) {
             Some(i) => {
                 self.members.remove(i);
                 self.ids.remove(i);
+                self.rebuild_bloom();
                 true
             }
             None => false,

@@ -53,6 +53,10 @@ fn slot_key(row: usize, col: usize) -> u16 {
 }
 
 impl RoutingTable {
+    /// Addresses of the key and entry buffers (for a runtime's cache prefetch).
+    pub fn buffers(&self) -> [*const u8; 2] {
+        [self.keys.as_ptr().cast(), self.entries.as_ptr().cast()]
+    }
     pub fn new(me: NodeId, b: u32) -> Self {
         let nrows = (128 / b) as usize;
         RoutingTable {
