@@ -199,6 +199,12 @@ struct PastryArgs {
     progress: bool,
     #[arg(long, value_enum, default_value = "alm")]
     engine: EngineKind,
+    /// Also route the first phase's lookups over an ideal overlay (perfect
+    /// proximity neighbour selection, exact leaf sets) and report its hops
+    /// and stretch as `ideal_pns`: a reference bound. About N/16 latency
+    /// evaluations per lookup.
+    #[arg(long)]
+    ideal_pns: bool,
 }
 
 fn main() -> ExitCode {
@@ -348,6 +354,7 @@ fn pastry(a: PastryArgs) -> ExitCode {
         lookup_timeout: secs(a.lookup_timeout_s),
         repair: secs(a.repair_s),
         progress: a.progress,
+        ideal_pns: a.ideal_pns,
         ..PastryParams::default()
     };
     p.net.loss = a.loss;

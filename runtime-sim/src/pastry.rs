@@ -51,6 +51,11 @@ pub struct PastryParams {
     pub net: NetConfig,
     /// Print phase timings to stderr.
     pub progress: bool,
+    /// After the first lookup phase, also route its lookups over an ideal
+    /// overlay (perfect proximity neighbour selection, exact leaf sets) and
+    /// report that as [`PhaseReport::ideal_pns`]. Costs about N/16 latency
+    /// evaluations per lookup.
+    pub ideal_pns: bool,
 }
 
 impl Default for PastryParams {
@@ -71,6 +76,7 @@ impl Default for PastryParams {
             leaf_half: 8,
             net: NetConfig::default(),
             progress: false,
+            ideal_pns: false,
         }
     }
 }
@@ -104,6 +110,39 @@ pub struct PhaseReport {
     /// Fraction of live nodes whose leaf set, at the start of the phase, is
     /// exactly the |L|/2 nearest live ids on each side.
     pub leaf_set_exact_fraction: f64,
+    /// The same lookups routed over an ideal overlay (`--ideal-pns`, first
+    /// phase only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ideal_pns: Option<IdealPnsReport>,
+}
+
+/// A reference bound: the phase's lookups (same sources, same keys, same
+/// live nodes and positions) routed by standard Pastry over ideal state —
+/// every routing-table slot holds, among all live nodes that fit it, the one
+/// with the smallest latency from the table's owner (perfect proximity
+/// neighbour selection), and every leaf set is exact. Each lookup goes to the
+/// live node numerically closest to its key; the path delay is the sum of the
+/// hops' latencies. Stretch skips lookups whose source is the destination.
+/// Not a strict lower bound on the engine's delays (greedy prefix routing
+/// with nearest entries is not a shortest path), but what Pastry's routing
+/// achieves with perfect state.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct IdealPnsReport {
+    /// Lookups routed: every lookup the phase issued, delivered or not.
+    pub lookups: usize,
+    pub hops_mean: f64,
+    pub hops_max: u32,
+    pub stretch_mean: Option<f64>,
+    pub stretch_of_totals: Option<f64>,
+    pub path_delay_mean_ms: f64,
+    /// Hops taken because the routing-table slot for the key was empty (no
+    /// live node has the key's next digit): Pastry's "rare case", which
+    /// forwards to the node of leaf set ∪ routing table numerically closest
+    /// to the key. Summed over the lookups.
+    pub rare_case_hops: u64,
+    /// Lookups cut off at [`IDEAL_HOP_LIMIT`] hops and left out of the means
+    /// (0 unless the ideal router loops, which would be a bug).
+    pub hop_limit_hits: u64,
 }
 
 /// The `pastry` experiment's report. `wall_s` and `peak_rss_mb` are the only
@@ -131,6 +170,8 @@ pub struct PastryReport {
     pub wrong_root_rank_mean: f64,
     pub wrong_root_rank_max: u64,
     pub leaf_set_exact_fraction: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ideal_pns: Option<IdealPnsReport>,
     pub rt_entries_mean: f64,
     pub leaf_set_mean: f64,
     pub join_msgs_mean: f64,
@@ -447,6 +488,7 @@ where
         wrong_root_rank_mean: before.wrong_root_rank_mean,
         wrong_root_rank_max: before.wrong_root_rank_max,
         leaf_set_exact_fraction: before.leaf_set_exact_fraction,
+        ideal_pns: before.ideal_pns.clone(),
         rt_entries_mean,
         leaf_set_mean,
         join_msgs_mean: build_msgs as f64 / n.max(1) as f64,
@@ -568,6 +610,11 @@ where
             direct_total += direct;
         }
     }
+    let ideal_pns = (number == 0 && p.ideal_pns).then(|| {
+        let r = ideal_pns(topo, &sc.join.ids, &phase.sources, &phase.lookups);
+        progress(p.progress, wall, sim.now(), "ideal PNS routing done");
+        r
+    });
     let delivered = phase.delivered as u64;
     let dd = delivered.max(1) as f64;
     let total_f = phase.total.max(1) as f64;
@@ -594,6 +641,203 @@ where
         wrong_root_rank_mean: rank_sum as f64 / wrong.max(1) as f64,
         wrong_root_rank_max: rank_max,
         leaf_set_exact_fraction: leaf_exact,
+        ideal_pns,
+    }
+}
+
+/// Hop limit of the ideal router (a guard: routes take about log16 N hops).
+pub const IDEAL_HOP_LIMIT: u32 = 64;
+
+/// Route `lookups` over the ideal overlay of the live `nodes` (indices into
+/// `ids` and `topo`); see [`IdealPnsReport`]. Uses the engine's default
+/// digit size and leaf-set size.
+fn ideal_pns<T: Topology>(
+    topo: &T,
+    ids: &[u128],
+    nodes: &[u32],
+    lookups: &[Lookup],
+) -> IdealPnsReport {
+    let cfg = alm_core::Config::default();
+    let mut live: Vec<(u128, u32)> = nodes.iter().map(|&i| (ids[i as usize], i)).collect();
+    live.sort_unstable();
+    let live_ids: Vec<u128> = live.iter().map(|&(id, _)| id).collect();
+    let node: Vec<usize> = live.iter().map(|&(_, i)| i as usize).collect();
+    let router = IdealRouter {
+        ids: &live_ids,
+        b: cfg.b,
+        half: cfg.leaf_set_size / 2,
+    };
+    let lat = |a: usize, c: usize| topo.latency(node[a], node[c]).0;
+    let (mut routed, mut hops_sum, mut hops_max, mut delay_sum) = (0u64, 0u64, 0u32, 0u64);
+    let (mut stretch_sum, mut stretch_n) = (0.0f64, 0u64);
+    let (mut path_total, mut direct_total) = (0u64, 0u64);
+    let (mut hop_limit_hits, mut rare_case_hops) = (0u64, 0u64);
+    for l in lookups {
+        let key = NodeId(l.key);
+        let (Ok(src), Some(dest)) = (
+            live_ids.binary_search(&ids[l.src as usize]),
+            closest_live(&live_ids, key).and_then(|d| live_ids.binary_search(&d).ok()),
+        ) else {
+            continue;
+        };
+        let (mut cur, mut hops, mut path) = (src, 0u32, 0u64);
+        let mut rare = 0u64;
+        while cur != dest && hops < IDEAL_HOP_LIMIT {
+            let hop = router.next_hop(cur, key, dest, &lat);
+            path += lat(cur, hop.to);
+            hops += 1;
+            rare += u64::from(hop.rare);
+            cur = hop.to;
+        }
+        if cur != dest {
+            hop_limit_hits += 1;
+            continue;
+        }
+        routed += 1;
+        rare_case_hops += rare;
+        hops_sum += u64::from(hops);
+        hops_max = hops_max.max(hops);
+        delay_sum += path;
+        let direct = lat(src, dest);
+        if src != dest && direct > 0 {
+            stretch_sum += path as f64 / direct as f64;
+            stretch_n += 1;
+            path_total += path;
+            direct_total += direct;
+        }
+    }
+    let rr = routed.max(1) as f64;
+    IdealPnsReport {
+        lookups: lookups.len(),
+        hops_mean: hops_sum as f64 / rr,
+        hops_max,
+        stretch_mean: (stretch_n > 0).then(|| stretch_sum / stretch_n as f64),
+        stretch_of_totals: (direct_total > 0).then(|| path_total as f64 / direct_total as f64),
+        path_delay_mean_ms: delay_sum as f64 / rr / 1e3,
+        rare_case_hops,
+        hop_limit_hits,
+    }
+}
+
+/// Standard Pastry next-hop choice (Rowstron & Druschel 2001, Table 1) over
+/// exact state, on positions in the sorted live ids.
+struct IdealRouter<'a> {
+    /// Sorted ids of the live nodes.
+    ids: &'a [u128],
+    /// Bits per digit.
+    b: u32,
+    /// Leaf-set half size (|L|/2).
+    half: usize,
+}
+
+/// One step of the ideal router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdealHop {
+    /// Position of the next node in the sorted live ids.
+    to: usize,
+    /// Taken by the empty-slot fallback.
+    rare: bool,
+}
+
+impl IdealRouter<'_> {
+    /// Positions of the live ids whose first `bits` bits equal `id`'s.
+    fn block(&self, id: u128, bits: u32) -> std::ops::Range<usize> {
+        let low = u128::MAX.checked_shr(bits).unwrap_or(0);
+        let (first, last) = (id & !low, id | low);
+        self.ids.partition_point(|&x| x < first)..self.ids.partition_point(|&x| x <= last)
+    }
+
+    /// The ideal entry of a slot: the member of `range` nearest to `cur` by
+    /// latency, ties to the smaller id (the first seen).
+    fn nearest(
+        cur: usize,
+        range: std::ops::Range<usize>,
+        lat: &impl Fn(usize, usize) -> u64,
+    ) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for j in range {
+            let d = lat(cur, j);
+            if best.is_none_or(|(bd, _)| d < bd) {
+                best = Some((d, j));
+            }
+        }
+        best.map(|(_, j)| j)
+    }
+
+    /// The next hop from position `cur` toward `key`, whose destination (the
+    /// live node numerically closest to it) is at position `dest != cur`.
+    fn next_hop(
+        &self,
+        cur: usize,
+        key: NodeId,
+        dest: usize,
+        lat: &impl Fn(usize, usize) -> u64,
+    ) -> IdealHop {
+        let (ids, n, half, b) = (self.ids, self.ids.len(), self.half, self.b);
+        let direct = IdealHop {
+            to: dest,
+            rare: false,
+        };
+        // Leaf set: the `half` live nodes on each side, or everyone when that
+        // closes the ring. A key within its range goes straight to the
+        // destination, the closest of leaf set ∪ {cur}.
+        if n <= 2 * half + 1 {
+            return direct;
+        }
+        let (lo, hi) = (ids[(cur + n - half) % n], ids[(cur + half) % n]);
+        if key.in_cw_arc(NodeId(lo), NodeId(hi)) {
+            return direct;
+        }
+        let me = NodeId(ids[cur]);
+        let l = me.shared_prefix_len(key, b);
+        let digits = (NodeId::BITS / b) as usize;
+        if l >= digits {
+            // The key is our own id (and then covered above).
+            return direct;
+        }
+        // Routing-table slot (l, key's digit l): the live nodes sharing the
+        // key's first l + 1 digits, a contiguous run of the ring.
+        let bits = (l as u32 + 1) * b;
+        if let Some(j) = Self::nearest(cur, self.block(key.0, bits), lat) {
+            return IdealHop { to: j, rare: false };
+        }
+        // Rare case, empty slot: of the leaf set and the (ideal) routing
+        // table, the node numerically closest to the key, if closer than
+        // `cur`. No live node shares more than l digits with the key, and
+        // entries of rows 0..l share fewer, so the candidates are the leaves
+        // and the entries of rows l and up.
+        let mut best = cur;
+        let mut consider = |j: usize| {
+            if key.closer(NodeId(ids[j]), NodeId(ids[best])) {
+                best = j;
+            }
+        };
+        for k in 1..=half {
+            consider((cur + k) % n);
+            consider((cur + n - k) % n);
+        }
+        for r in l..digits {
+            // Row r: the nodes sharing exactly r digits with `cur`; empty,
+            // like every deeper row, once `cur` is alone in its r-digit
+            // block.
+            let bits = r as u32 * b;
+            if self.block(me.0, bits).len() <= 1 {
+                break;
+            }
+            let shift = NodeId::BITS - bits - b;
+            let mine = me.digit(r, b);
+            let top = me.0 & !u128::MAX.checked_shr(bits).unwrap_or(0);
+            for d in (0..1usize << b).filter(|&d| d != mine) {
+                let id = top | ((d as u128) << shift);
+                if let Some(j) = Self::nearest(cur, self.block(id, bits + b), lat) {
+                    consider(j);
+                }
+            }
+        }
+        IdealHop {
+            to: if best == cur { dest } else { best },
+            rare: true,
+        }
     }
 }
 
@@ -707,6 +951,7 @@ pub fn render_table(r: &PastryReport) -> String {
         wrong_root_rank_mean: r.wrong_root_rank_mean,
         wrong_root_rank_max: r.wrong_root_rank_max,
         leaf_set_exact_fraction: r.leaf_set_exact_fraction,
+        ideal_pns: r.ideal_pns.clone(),
     };
     let phases: Vec<(&str, &PhaseReport)> = match (&r.before, &r.after_failure, &r.after_repair) {
         (Some(b), Some(f), Some(a)) => {
@@ -747,8 +992,39 @@ pub fn render_table(r: &PastryReport) -> String {
             format!("{:.1}/{}", ph.wrong_root_rank_mean, ph.wrong_root_rank_max),
             hist.join(" ")
         );
+        if let Some(ip) = &ph.ideal_pns {
+            let _ = writeln!(
+                s,
+                "  {:<15}{:>9.3}{:>9}{:>9}{:>9}  (same lookups, perfect PNS and leaf sets; {} over hop limit)",
+                "  ideal PNS",
+                ip.hops_mean,
+                ip.hops_max,
+                ip.stretch_mean.map_or("-".into(), |x| format!("{x:.3}")),
+                ip.stretch_of_totals
+                    .map_or("-".into(), |x| format!("{x:.3}")),
+                ip.hop_limit_hits,
+            );
+        }
     }
     s
+}
+
+/// Name the non-zero per-type counts: Pastry's types by name, the rest
+/// (Scribe, DHT) by their hex type byte.
+fn msgs_by_type(counts: &[u64; 256]) -> std::collections::BTreeMap<String, u64> {
+    use alm_core::wire::MsgType;
+    let mut out = std::collections::BTreeMap::new();
+    for (ty, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let name = match MsgType::from_u8(ty as u8) {
+            Some(t) => format!("{t:?}"),
+            None => format!("0x{ty:02x}"),
+        };
+        out.insert(name, n);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -787,22 +1063,140 @@ mod tests {
         assert_eq!(closest_live(&[10, 20], NodeId(15)), Some(10));
         assert_eq!(closest_live(&[], NodeId(15)), None);
     }
-}
 
-/// Name the non-zero per-type counts: Pastry's types by name, the rest
-/// (Scribe, DHT) by their hex type byte.
-fn msgs_by_type(counts: &[u64; 256]) -> std::collections::BTreeMap<String, u64> {
-    use alm_core::wire::MsgType;
-    let mut out = std::collections::BTreeMap::new();
-    for (ty, &n) in counts.iter().enumerate() {
-        if n == 0 {
-            continue;
-        }
-        let name = match MsgType::from_u8(ty as u8) {
-            Some(t) => format!("{t:?}"),
-            None => format!("0x{ty:02x}"),
+    #[test]
+    fn ideal_router_picks_the_nearest_slot_member_and_always_arrives() {
+        use crate::topology::Plane;
+        let (b, half) = (4, 8);
+        let mut rng = Rng::new(11);
+        let n = 3000;
+        let topo = Plane::new(n, 7);
+        let ids: Vec<u128> = (0..n).map(|_| rng.next_u128()).collect();
+        let nodes: Vec<u32> = (0..n as u32).collect();
+        let mut live: Vec<(u128, usize)> = ids.iter().copied().zip(0..).collect();
+        live.sort_unstable();
+        let sorted: Vec<u128> = live.iter().map(|&(id, _)| id).collect();
+        let lat = |a: usize, c: usize| topo.latency(live[a].1, live[c].1).0;
+        let router = IdealRouter {
+            ids: &sorted,
+            b,
+            half,
         };
-        out.insert(name, n);
+        let (mut slot_hops, mut rare_hops) = (0, 0);
+        for _ in 0..1000 {
+            let cur = rng.index(n);
+            let me = NodeId(sorted[cur]);
+            // Keys sharing 0..=3 digits with `cur`, to reach every row.
+            let key = NodeId(me.0 ^ (rng.next_u128() >> (4 * rng.index(4))));
+            let dest = sorted
+                .binary_search(&closest_live(&sorted, key).unwrap())
+                .unwrap();
+            if cur == dest {
+                continue;
+            }
+            let hop = router.next_hop(cur, key, dest, &lat);
+            let l = me.shared_prefix_len(key, b);
+            let lo = sorted[(cur + n - half) % n];
+            let hi = sorted[(cur + half) % n];
+            if key.in_cw_arc(NodeId(lo), NodeId(hi)) {
+                assert_eq!(
+                    hop,
+                    IdealHop {
+                        to: dest,
+                        rare: false
+                    }
+                );
+                continue;
+            }
+            // Brute force over every live node: slot (l, key digit l) ...
+            let slot = (0..n)
+                .filter(|&j| NodeId(sorted[j]).shared_prefix_len(key, b) > l)
+                .min_by_key(|&j| (lat(cur, j), sorted[j]));
+            if let Some(j) = slot {
+                assert_eq!(hop, IdealHop { to: j, rare: false });
+                slot_hops += 1;
+                continue;
+            }
+            // ... else the numerically closest of the leaves and the ideal
+            // entries of every slot (r >= l, d).
+            let mut table = std::collections::BTreeMap::new();
+            for j in (0..n).filter(|&j| j != cur) {
+                let r = me.shared_prefix_len(NodeId(sorted[j]), b);
+                if r >= l {
+                    let e = table.entry((r, NodeId(sorted[j]).digit(r, b))).or_insert(j);
+                    if (lat(cur, j), sorted[j]) < (lat(cur, *e), sorted[*e]) {
+                        *e = j;
+                    }
+                }
+            }
+            let leaves = (1..=half).flat_map(|k| [(cur + k) % n, (cur + n - k) % n]);
+            let best = leaves.chain(table.into_values()).fold(cur, |best, j| {
+                if key.closer(NodeId(sorted[j]), NodeId(sorted[best])) {
+                    j
+                } else {
+                    best
+                }
+            });
+            assert_ne!(best, cur);
+            assert_eq!(
+                hop,
+                IdealHop {
+                    to: best,
+                    rare: true
+                }
+            );
+            rare_hops += 1;
+        }
+        assert!(slot_hops > 100 && rare_hops > 10, "{slot_hops} {rare_hops}");
+        let lookups: Vec<Lookup> = (0..2000)
+            .map(|_| Lookup {
+                src: rng.index(n) as u32,
+                key: rng.next_u128(),
+                issued: 0,
+                result: None,
+            })
+            .collect();
+        let r = ideal_pns(&topo, &ids, &nodes, &lookups);
+        assert_eq!(r.lookups, 2000);
+        assert_eq!(r.hop_limit_hits, 0);
+        assert!(r.rare_case_hops > 0, "{r:?}");
+        assert!(r.stretch_mean.unwrap() >= 1.0, "{r:?}");
+        assert!(r.stretch_of_totals.unwrap() >= 1.0, "{r:?}");
+        // log16(3000) ≈ 2.9.
+        assert!(r.hops_mean > 1.5 && r.hops_mean < 4.0, "{r:?}");
     }
-    out
+
+    #[test]
+    fn ideal_pns_flag_adds_a_deterministic_bound_and_nothing_else() {
+        let p = PastryParams {
+            nodes: 150,
+            lookups: 400,
+            seed: 4,
+            settle: Duration::from_secs(2),
+            ideal_pns: true,
+            ..PastryParams::default()
+        };
+        let a = crate::alm::run_pastry_alm(&p);
+        let b = crate::alm::run_pastry_alm(&p);
+        assert_eq!(a.deterministic_json(), b.deterministic_json());
+        let ip = a.ideal_pns.as_ref().expect("ideal_pns with the flag");
+        let json = a.deterministic_json();
+        assert!(json.contains("\"ideal_pns\":{"), "{json}");
+        assert_eq!(ip.lookups, p.lookups);
+        assert_eq!(ip.hop_limit_hits, 0);
+        assert!(ip.stretch_mean.unwrap() >= 1.0, "{json}");
+        assert!(ip.hops_mean <= a.hops_mean + 0.5, "{json}");
+        assert!(render_table(&a).contains("ideal PNS"));
+
+        // Without the flag: no field, and everything else is unchanged.
+        let c = crate::alm::run_pastry_alm(&PastryParams {
+            ideal_pns: false,
+            ..p
+        });
+        assert!(c.ideal_pns.is_none());
+        assert!(!c.deterministic_json().contains("ideal_pns"));
+        let mut stripped = a.clone();
+        stripped.ideal_pns = None;
+        assert_eq!(stripped.deterministic_json(), c.deterministic_json());
+    }
 }
