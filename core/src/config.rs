@@ -21,8 +21,20 @@ pub struct Config {
     pub pns_rows: usize,
     /// Leaves not heard from within this interval are probed.
     pub keepalive_interval: Duration,
-    /// Every routing-table entry is probed once per this period.
+    /// Every routing-table entry is probed once per this period while
+    /// peers are failing (one was declared dead within `dead_memory`).
     pub table_probe_period: Duration,
+    /// The period when no peer has failed within `dead_memory`: in a calm
+    /// overlay dead entries are rare, and a lookup that meets one still
+    /// gets through (per-hop acks re-route it) and repairs the slot; the
+    /// first failure noticed switches back to `table_probe_period`
+    /// (MSPastry tunes its probing to the observed failure rate likewise).
+    pub table_probe_period_calm: Duration,
+    /// Routing-table maintenance rounds (one row exchanged with a nearby
+    /// node, about once per `keepalive_interval`) back off up to this
+    /// factor while they stop finding better entries, and return to the
+    /// full rate when one does or a peer fails.
+    pub maintenance_backoff_max: u8,
     /// Rounds of routing-table refinement right after joining, at 2, 4, 8,
     /// ... seconds: each asks a node near us for every proximity row. The
     /// rows a joiner copies from its join path were chosen for nodes
@@ -71,6 +83,8 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(20),
             gossip_interval: Duration::from_secs(15),
             table_probe_period: Duration::from_secs(60),
+            table_probe_period_calm: Duration::from_secs(300),
+            maintenance_backoff_max: 8,
             refine_rounds: 5,
             probe_timeout: Duration::from_millis(1_000),
             probe_attempts: 3,

@@ -263,6 +263,11 @@ pub struct Pastry {
     fold_probe: Option<(NodeId, bool)>,
     /// See `pns_rows`.
     proximity_rows: usize,
+    /// Routing-table maintenance runs at 1/`maint_backoff` of its full rate
+    /// (see `Config::maintenance_backoff_max`).
+    maint_backoff: u8,
+    /// Slots filled or improved since the last maintenance round.
+    table_changes: u32,
 }
 
 impl Pastry {
@@ -290,6 +295,8 @@ impl Pastry {
             stats: Stats::default(),
             fold_probe: None,
             proximity_rows: cfg.pns_rows,
+            maint_backoff: 1,
+            table_changes: 0,
             rng: rng.fork(),
             cfg,
         }
@@ -687,6 +694,7 @@ impl Pastry {
         }
         match offered {
             Offer::Inserted | Offer::Replaced(_) => {
+                self.table_changes = self.table_changes.saturating_add(1);
                 if rtt == RTT_UNKNOWN && measure {
                     want_probe = true;
                 }
@@ -744,6 +752,7 @@ impl Pastry {
         };
         debug_assert!(cw || ccw || slot.is_some() || in_nbrs);
         self.stats.peers_declared_dead += 1;
+        self.maint_backoff = 1;
         tracing::debug!(node = ?self.me.id, dead = ?handle, "peer declared dead");
         self.upcalls.push_back(Upcall::PeerDown(handle));
         if cw || ccw {
@@ -832,7 +841,7 @@ impl Pastry {
     /// them (MSPastry probes its routing table periodically too).
     fn probe_table_slice(&mut self, now: Time) {
         let per_round = self.cfg.gossip_interval.as_micros().max(1);
-        let period = self.cfg.table_probe_period.as_micros().max(per_round);
+        let period = self.table_probe_period().as_micros().max(per_round);
         let rounds = (period / per_round).max(1) as usize;
         let want = self.table.len().div_ceil(rounds);
         let slots = self.table.num_rows() * self.cfg.cols();
@@ -847,9 +856,7 @@ impl Pastry {
                 // Heard from within half a period: as good as a pong. (Not
                 // a whole period: a node that crashes right after we heard
                 // from it must still be found within about one.)
-                if now.saturating_since(e.heard).as_micros()
-                    >= self.cfg.table_probe_period.as_micros() / 2
-                {
+                if now.saturating_since(e.heard).as_micros() >= period / 2 {
                     picked.push(e.handle);
                 }
             }
@@ -858,6 +865,15 @@ impl Pastry {
             if !self.leaves.contains(h.id) {
                 self.ping(now, h);
             }
+        }
+    }
+
+    /// `Config::table_probe_period` while peers fail, else the calm one.
+    fn table_probe_period(&self) -> Duration {
+        if self.dead.is_empty() {
+            self.cfg.table_probe_period_calm
+        } else {
+            self.cfg.table_probe_period
         }
     }
 
@@ -881,6 +897,15 @@ impl Pastry {
     /// random proximity row is compared with the same row of one of our
     /// nearest nodes, so tables keep improving as nearer nodes join.
     fn maintain_table(&mut self) {
+        // Back off while rounds stop improving the table.
+        self.maint_backoff = if self.table_changes == 0 {
+            self.maint_backoff
+                .saturating_mul(2)
+                .min(self.cfg.maintenance_backoff_max.max(1))
+        } else {
+            1
+        };
+        self.table_changes = 0;
         let rows = self.pns_rows().max(1);
         let r = self.rng.index(rows);
         let rank = self.rng.index(4);
@@ -922,10 +947,12 @@ impl Pastry {
         let memory = self.cfg.dead_memory;
         self.dead.retain(|_, t| now.saturating_since(*t) < memory);
         self.maybe_refresh_leaf_set(now);
-        // Row maintenance runs on average once per keep-alive interval.
+        // Row maintenance runs on average once per keep-alive interval,
+        // times the back-off.
         let per = (self.cfg.keepalive_interval.as_micros()
             / self.cfg.gossip_interval.as_micros().max(1))
-        .max(1);
+        .max(1)
+            * u64::from(self.maint_backoff);
         if self.rng.below(per) == 0 {
             self.maintain_table();
         }

@@ -17,6 +17,9 @@ pub struct NeighborhoodSet {
     /// struct itself, without touching the Vecs (each lookup of a node's
     /// state in a big simulation is a cache miss).
     bloom: [u64; 4],
+    /// RTT of the farthest member (0 when empty): with a full set, most
+    /// offers are farther than it and are turned away right here.
+    worst: u32,
 }
 
 /// The two filter bits of `id` (ids are uniformly random: any bits do).
@@ -40,6 +43,7 @@ impl NeighborhoodSet {
             members: Vec::with_capacity(cap),
             ids: Vec::with_capacity(cap),
             bloom: [0; 4],
+            worst: 0,
         }
     }
 
@@ -57,6 +61,7 @@ impl NeighborhoodSet {
     }
 
     fn rebuild_bloom(&mut self) {
+        self.worst = self.members.last().map_or(0, |m| m.1);
         self.bloom = [0; 4];
         for i in 0..self.ids.len() {
             for (w, bit) in bloom_bits(self.ids[i]) {
@@ -71,8 +76,11 @@ impl NeighborhoodSet {
             return false;
         }
         let full = self.members.len() >= self.cap;
+        if full && rtt >= self.worst && !self.maybe_member(h.id) {
+            return false;
+        }
         let at = self.position(h.id);
-        if full && at.is_none() && self.members.last().is_some_and(|(_, w)| rtt >= *w) {
+        if full && at.is_none() && rtt >= self.worst {
             return false;
         }
         if let Some(i) = at {
@@ -96,6 +104,7 @@ impl NeighborhoodSet {
         if evicted || at.is_some() {
             self.rebuild_bloom();
         } else {
+            self.worst = self.members.last().map_or(0, |m| m.1);
             for (w, bit) in bloom_bits(h.id) {
                 self.bloom[w] |= bit;
             }
@@ -154,5 +163,53 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert!(m.remove(NodeId(2)));
         assert!(!m.remove(NodeId(2)));
+    }
+
+    /// The Bloom filter and the cached farthest RTT are shortcuts only: a
+    /// long random sequence of offers and removals (few distinct ids, so
+    /// re-offers and false positives are common) gives exactly what a
+    /// plain sorted list gives.
+    #[test]
+    fn shortcuts_agree_with_a_plain_sorted_list() {
+        let cap = 8;
+        let mut m = NeighborhoodSet::new(cap);
+        let mut model: Vec<(u128, u32)> = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let h = |i: u128| NodeHandle::new(NodeId(i), PeerAddr::v4(10, 0, 0, 1, 1));
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Ids differ in the low 16 bits (the filter's bits) and collide
+            // there often.
+            let id = u128::from(x % 40) * 0x0101 + (u128::from(x % 3) << 64);
+            let rtt = ((x >> 20) % 50) as u32;
+            if (x >> 40) % 5 == 0 {
+                let had = model.iter().position(|(i, _)| *i == id);
+                if let Some(p) = had {
+                    model.remove(p);
+                }
+                assert_eq!(m.remove(NodeId(id)), had.is_some());
+            } else {
+                let before = model.clone();
+                if let Some(p) = model.iter().position(|(i, _)| *i == id) {
+                    model.remove(p);
+                }
+                let pos = model.partition_point(|(_, r)| *r <= rtt);
+                let kept = pos < cap;
+                if kept {
+                    model.insert(pos, (id, rtt));
+                    model.truncate(cap);
+                } else if model.len() == before.len() {
+                    // Not a member before, not kept: unchanged.
+                }
+                assert_eq!(m.offer(h(id), rtt), kept);
+            }
+            let got: Vec<(u128, u32)> = m.members.iter().map(|(h, r)| (h.id.0, *r)).collect();
+            assert_eq!(got, model);
+            for (i, r) in &model {
+                assert_eq!(m.rtt(NodeId(*i)), Some(*r));
+            }
+        }
     }
 }
