@@ -82,7 +82,9 @@ pub enum Upcall {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKind {
     Keepalive,
-    Probe(NodeId),
+    /// The earliest deadline among the probes in flight: one timer for all
+    /// of them (most are answered long before it), re-armed for the next.
+    Probes,
     RouteAck(u64),
     JoinTimeout(u8),
     JoinSettle,
@@ -95,50 +97,43 @@ pub enum TimerKind {
     Service(u8),
 }
 
-/// A timer-heap entry: `(Time, TimerKind)` in 32 bytes rather than 48 (the
-/// `u128` of `TimerKind::Probe` aligns the pair to 16), ordered exactly like
-/// the pair: by time, then by kind (variant order, then payload). Timers are
-/// never cancelled, so a node holds many stale ones.
+/// A timer-heap entry: `(Time, TimerKind)` in 24 bytes, ordered exactly
+/// like the pair: by time, then by kind (variant order, then payload).
+/// Timers are never cancelled, so a node holds many stale ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct TimerEntry {
     at: u64,
     /// `TimerKind` variant index, in declaration order.
     tag: u8,
-    /// The variant's payload as a `u128`, high and low halves.
-    hi: u64,
-    lo: u64,
+    /// The variant's payload.
+    arg: u64,
 }
 
 impl TimerEntry {
     fn new(at: Time, kind: TimerKind) -> Self {
         let (tag, arg) = match kind {
             TimerKind::Keepalive => (0, 0),
-            TimerKind::Probe(id) => (1, id.0),
-            TimerKind::RouteAck(hop) => (2, u128::from(hop)),
-            TimerKind::JoinTimeout(attempt) => (3, u128::from(attempt)),
+            TimerKind::Probes => (1, 0),
+            TimerKind::RouteAck(hop) => (2, hop),
+            TimerKind::JoinTimeout(attempt) => (3, u64::from(attempt)),
             TimerKind::JoinSettle => (4, 0),
             TimerKind::Gossip => (5, 0),
-            TimerKind::Refine(n) => (6, u128::from(n)),
-            TimerKind::Service(s) => (7, u128::from(s)),
+            TimerKind::Refine(n) => (6, u64::from(n)),
+            TimerKind::Service(s) => (7, u64::from(s)),
         };
-        TimerEntry {
-            at: at.0,
-            tag,
-            hi: (arg >> 64) as u64,
-            lo: arg as u64,
-        }
+        TimerEntry { at: at.0, tag, arg }
     }
 
     fn get(self) -> (Time, TimerKind) {
         let kind = match self.tag {
             0 => TimerKind::Keepalive,
-            1 => TimerKind::Probe(NodeId((u128::from(self.hi) << 64) | u128::from(self.lo))),
-            2 => TimerKind::RouteAck(self.lo),
-            3 => TimerKind::JoinTimeout(self.lo as u8),
+            1 => TimerKind::Probes,
+            2 => TimerKind::RouteAck(self.arg),
+            3 => TimerKind::JoinTimeout(self.arg as u8),
             4 => TimerKind::JoinSettle,
             5 => TimerKind::Gossip,
-            6 => TimerKind::Refine(self.lo as u8),
-            _ => TimerKind::Service(self.lo as u8),
+            6 => TimerKind::Refine(self.arg as u8),
+            _ => TimerKind::Service(self.arg as u8),
         };
         (Time(self.at), kind)
     }
@@ -246,6 +241,8 @@ pub struct Pastry {
     rtt_cache: RttCache,
     timers: BinaryHeap<Reverse<TimerEntry>>,
     keepalive_at: Time,
+    /// Deadline of the armed `TimerKind::Probes`, `Time::NEVER` if none.
+    probes_at: Time,
     /// Pending early gossip round, `Time::NEVER` if none.
     gossip_at: Time,
     /// Next routing-table slot to probe.
@@ -287,6 +284,7 @@ impl Pastry {
             rtt_cache: RttCache::default(),
             timers: BinaryHeap::new(),
             keepalive_at: Time::NEVER,
+            probes_at: Time::NEVER,
             gossip_at: Time::NEVER,
             table_cursor: 0,
             refresh_until: Time::ZERO,
@@ -360,7 +358,7 @@ impl Pastry {
             self.timers.pop();
             match kind {
                 TimerKind::Keepalive => self.on_keepalive(now, at),
-                TimerKind::Probe(id) => self.on_probe_timeout(now, id, at),
+                TimerKind::Probes => self.on_probes_due(now, at),
                 TimerKind::RouteAck(hop) => self.on_ack_timeout(now, hop, at),
                 TimerKind::JoinTimeout(attempt) => self.on_join_timeout(now, attempt),
                 TimerKind::JoinSettle => self.maybe_finish_join(now, true),
@@ -438,7 +436,7 @@ impl Pastry {
                 heard: false,
             },
         );
-        self.set_timer(deadline, TimerKind::Probe(h.id));
+        self.arm_probes(deadline);
         self.stats.probes_sent += 1;
         let flags = if self.is_active() { PING_ACTIVE } else { 0 };
         let rtt_hint = self.known_rtt(h.id);
@@ -1014,13 +1012,40 @@ impl Pastry {
         }
     }
 
-    fn on_probe_timeout(&mut self, now: Time, id: NodeId, at: Time) {
+    /// Keep a `TimerKind::Probes` armed at or before `deadline`.
+    fn arm_probes(&mut self, deadline: Time) {
+        if deadline < self.probes_at {
+            self.probes_at = deadline;
+            self.set_timer(deadline, TimerKind::Probes);
+        }
+    }
+
+    /// The probe timer fired: handle every probe whose deadline has passed,
+    /// in (deadline, id) order, then re-arm for the earliest left.
+    fn on_probes_due(&mut self, now: Time, at: Time) {
+        if at != self.probes_at {
+            return;
+        }
+        self.probes_at = Time::NEVER;
+        let mut due: SmallVec<[(Time, NodeId); 8]> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, p)| (p.deadline, *id))
+            .collect();
+        due.sort_unstable();
+        for (_, id) in due {
+            self.on_probe_timeout(now, id);
+        }
+        if let Some(next) = self.probes.values().map(|p| p.deadline).min() {
+            self.arm_probes(next);
+        }
+    }
+
+    fn on_probe_timeout(&mut self, now: Time, id: NodeId) {
         let Some(p) = self.probes.get_mut(&id) else {
             return;
         };
-        if p.deadline != at {
-            return;
-        }
         if p.heard {
             self.probes.remove(&id);
             return;
@@ -1029,7 +1054,7 @@ impl Pastry {
             p.sent += 1;
             p.deadline = now + self.cfg.probe_timeout;
             let (deadline, addr) = (p.deadline, p.handle.addr);
-            self.set_timer(deadline, TimerKind::Probe(id));
+            self.arm_probes(deadline);
             let flags = if self.is_active() { PING_ACTIVE } else { 0 };
             let rtt_hint = self.known_rtt(id);
             self.send(
@@ -1581,22 +1606,12 @@ mod tests {
 
     #[test]
     fn timer_entries_round_trip_and_order_like_the_pair() {
-        let ids = [
-            0,
-            1,
-            u128::from(u64::MAX),
-            1 << 64,
-            (1 << 64) + 1,
-            u128::MAX,
-        ];
         let mut kinds = vec![
             TimerKind::Keepalive,
             TimerKind::JoinSettle,
             TimerKind::Gossip,
         ];
-        for id in ids {
-            kinds.push(TimerKind::Probe(NodeId(id)));
-        }
+        kinds.push(TimerKind::Probes);
         for x in [0, 1, u64::MAX] {
             kinds.push(TimerKind::RouteAck(x));
         }
@@ -1616,6 +1631,6 @@ mod tests {
                 assert_eq!(ea.cmp(&eb), a.cmp(b), "{a:?} vs {b:?}");
             }
         }
-        assert_eq!(core::mem::size_of::<TimerEntry>(), 32);
+        assert_eq!(core::mem::size_of::<TimerEntry>(), 24);
     }
 }
