@@ -634,8 +634,8 @@ impl Pastry {
     }
 
     /// Consider `h` for every table. `direct` says we heard from it
-    /// ourselves (so it is alive); second-hand nodes are verified with a
-    /// probe before they can matter.
+    /// ourselves (so it is alive; `handle` has already called `heard`);
+    /// second-hand nodes are verified with a probe before they can matter.
     fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
         self.offer_bounded(now, h, rtt, direct, 0);
     }
@@ -675,9 +675,9 @@ impl Pastry {
                 // announces itself to its whole leaf set when it is done.)
                 want_probe = true;
             }
-        } else if direct {
-            self.leaves.heard(h.id, now);
         }
+        // (A direct offer comes from `handle`, which has already marked a
+        // member it heard from; only a newcomer needs its time set.)
         // Routing table: by proximity.
         // Only the top `pns_rows` rows are worth an RTT measurement: they
         // have many candidates per slot and carry the first, longest-lived
@@ -688,7 +688,7 @@ impl Pastry {
             .slot(h.id)
             .is_some_and(|(row, _)| row < self.pns_rows());
         let offered = self.table.offer(h, rtt);
-        if direct {
+        if direct && matches!(offered, Offer::Inserted | Offer::Replaced(_)) {
             self.table.heard(h.id, now);
         }
         match offered {
