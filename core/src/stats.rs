@@ -28,8 +28,9 @@ pub struct Stats {
     pub lookups_delivered: u64,
     /// RTT probes (pings) sent: proximity measurements and liveness checks.
     pub probes_sent: u64,
-    /// Routing-table candidates not probed because the triangle inequality
-    /// proved them no nearer than the slot's measured holder.
+    /// Second-hand routing-table candidates not probed against their slot's
+    /// measured holder: the triangle inequality proved them no nearer, or
+    /// they came in a leaf set (no likelier than any node to be nearer).
     pub probes_pruned: u64,
     // ----- DHT of the management ring (`crate::dht`) -----
     /// DHT requests that reached us as the responsible node.

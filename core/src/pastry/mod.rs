@@ -169,6 +169,19 @@ struct Probe {
     heard: bool,
 }
 
+/// When a second-hand candidate for an occupied routing-table slot is
+/// worth an RTT probe against the slot's holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contest {
+    /// Our RTT to the candidate is at least this many µs (a triangle
+    /// inequality from a row reply's RTTs, see `on_state`; 0 when nothing
+    /// is known): probe unless the measured holder is no farther.
+    Bounded(u32),
+    /// Probe only if the holder is not measured either (candidates with no
+    /// reason to be near us, see `on_state`).
+    UnmeasuredHolderOnly,
+}
+
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
 const MAX_HOPS: u8 = 40;
 
@@ -637,13 +650,20 @@ impl Pastry {
     /// ourselves (so it is alive; `handle` has already called `heard`);
     /// second-hand nodes are verified with a probe before they can matter.
     fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
-        self.offer_bounded(now, h, rtt, direct, 0);
+        self.offer_bounded(now, h, rtt, direct, Contest::Bounded(0));
     }
 
-    /// `offer`, knowing that our RTT to `h` is at least `floor` µs (from a
-    /// triangle inequality, see `on_state`): a candidate that cannot beat
-    /// the measured holder of its routing-table slot is not probed.
-    fn offer_bounded(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool, floor: u32) {
+    /// `offer`, saying when a second-hand candidate is worth an RTT probe
+    /// against the measured holder of its routing-table slot (see
+    /// [`Contest`]).
+    fn offer_bounded(
+        &mut self,
+        now: Time,
+        h: NodeHandle,
+        rtt: u32,
+        direct: bool,
+        contest: Contest,
+    ) {
         // Our own id, or someone else's id at our address (forged, or a
         // stale entry of a node that ran here before): never a peer.
         if h.id == self.me.id || h.addr == self.me.addr {
@@ -698,13 +718,17 @@ impl Pastry {
                     want_probe = true;
                 }
             }
-            Offer::NeedsRtt { holder_rtt } => {
-                let hopeless = holder_rtt != RTT_UNKNOWN && holder_rtt <= floor;
-                if hopeless {
+            Offer::NeedsRtt { holder_rtt } if holder_rtt != RTT_UNKNOWN => {
+                let skip = match contest {
+                    Contest::Bounded(floor) => holder_rtt <= floor,
+                    Contest::UnmeasuredHolderOnly => true,
+                };
+                if skip && measure {
                     self.stats.probes_pruned += 1;
                 }
-                want_probe = measure && !hopeless;
+                want_probe = measure && !skip;
             }
+            Offer::NeedsRtt { .. } => want_probe = measure,
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
@@ -1482,9 +1506,24 @@ impl Pastry {
                 Some(&r) if with_rtts && r != RTT_UNKNOWN => r.saturating_sub(to_sender),
                 _ => 0,
             };
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, floor);
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, Contest::Bounded(floor));
         }
-        for h in state.leaves.iter().chain(&state.neighbors) {
+        // A leaf set lists the nodes nearest the sender in id space, hence
+        // near us in id space, not in the network: for an occupied slot of
+        // our table such a node is no likelier than any other to beat the
+        // measured holder (1 in 20 did, at 30k nodes), so once we are active
+        // it fills empty slots but is not probed against a holder. Near
+        // candidates come from row replies and neighbourhood sets. (A
+        // joiner still measures its final leaf set: its table is young.)
+        let leaf_contest = if self.is_active() && state.flags & sf::LEAFSET != 0 {
+            Contest::UnmeasuredHolderOnly
+        } else {
+            Contest::Bounded(0)
+        };
+        for h in &state.leaves {
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, leaf_contest);
+        }
+        for h in &state.neighbors {
             self.offer(now, *h, RTT_UNKNOWN, false);
         }
         if state.flags & sf::GOSSIP != 0 && self.is_active() {
@@ -1666,6 +1705,68 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn leaf_set_candidates_fill_empty_slots_but_do_not_contest_measured_ones() {
+        let mut rng = Rng::new(5);
+        let now = Time::from_micros(1_000_000);
+        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
+        p.join(now, &[]);
+        let direct = |p: &mut Pastry, h: NodeHandle, rtt: u32| {
+            let ping = Repr::Ping {
+                token: 0,
+                flags: PING_ACTIVE,
+                rtt_hint: rtt,
+            };
+            p.handle(now, h, ping);
+        };
+        // A full leaf set of ids nearer ours than any candidate below.
+        for i in 0..8u8 {
+            direct(&mut p, handle(0, 100 + u128::from(i), 10 + i), 5_000);
+            direct(
+                &mut p,
+                handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i),
+                5_000,
+            );
+        }
+        // Slot (0, 5) is held by a node measured at 1 ms; (0, 6) is empty.
+        direct(&mut p, handle(5, 10, 2), 1_000);
+        assert_eq!(p.leaf_set().len(), 16);
+        sent(&mut p);
+        let (c5, c6) = (handle(5, 20, 3), handle(6, 20, 4));
+        let gossip = State {
+            flags: sf::LEAFSET | sf::GOSSIP,
+            rtt_hint: 5_000,
+            leaves: vec![c5, c6],
+            ..State::default()
+        };
+        let sender = handle(0, 100, 10);
+        p.handle(now, sender, Repr::State(gossip));
+        let pings: Vec<PeerAddr> = sent(&mut p)
+            .into_iter()
+            .filter(|(ty, _)| *ty == MsgType::Ping)
+            .map(|(_, to)| to)
+            .collect();
+        // The empty slot takes its candidate (and measures it); the
+        // measured holder is not challenged.
+        assert_eq!(pings, vec![c6.addr]);
+        assert_eq!(p.routing_table().get(0, 6).map(|e| e.handle), Some(c6));
+        assert_eq!(
+            p.routing_table().get(0, 5).map(|e| e.handle.id),
+            Some(handle(5, 10, 2).id)
+        );
+        assert_eq!(p.stats.probes_pruned, 1);
+        // The same candidate in a row reply is measured.
+        let row = State {
+            flags: sf::ROW,
+            rtt_hint: 5_000,
+            table: vec![c5],
+            ..State::default()
+        };
+        p.handle(now, sender, Repr::State(row));
+        let pinged = sent(&mut p).contains(&(MsgType::Ping, c5.addr));
+        assert!(pinged);
     }
 
     #[test]
