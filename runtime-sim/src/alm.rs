@@ -10,14 +10,7 @@ impl Engine for Node {
     #[inline]
     fn prefetch(&self) {
         for p in self.hot_memory() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is only a hint: it never faults and never
-            // changes memory, whatever the address.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = p;
+            crate::sim::prefetch(p);
         }
     }
     #[inline]

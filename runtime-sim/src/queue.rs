@@ -169,6 +169,24 @@ impl<T> EventQueue<T> {
         }
     }
 
+    /// Up to `n` items due soon, for cache prefetching: the rest of those
+    /// due at the current minimum in pop order, then the items of the
+    /// lowest non-empty buckets (every item of a bucket is due before any
+    /// item of a higher one; within a bucket the order is arbitrary).
+    pub fn upcoming(&self, n: usize) -> impl Iterator<Item = &T> {
+        let mut mask = self.nonempty;
+        let buckets = std::iter::from_fn(move || {
+            if mask == 0 {
+                return None;
+            }
+            let i = mask.trailing_zeros() as usize;
+            mask &= !(1 << i);
+            Some(self.buckets[i].iter())
+        })
+        .flatten();
+        self.zero.iter().chain(buckets).map(|e| &e.item).take(n)
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -211,6 +229,38 @@ mod tests {
                 (Time(30), "c"),
             ]
         );
+    }
+
+    #[test]
+    fn upcoming_lists_every_item_once_starting_with_the_next_pops() {
+        let mut q = EventQueue::new();
+        let mut x: u64 = 12345;
+        for i in 0..500u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            q.push(Time((x >> 40) % 1000), i);
+        }
+        for i in 500..510u64 {
+            q.push(Time(7), i);
+        }
+        let mut popped = 0;
+        while !q.is_empty() {
+            let mut all: Vec<u64> = q.upcoming(usize::MAX).copied().collect();
+            assert_eq!(all.len(), q.len());
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), q.len(), "an item listed twice");
+            // After a pop the items due at the same time come first, in
+            // pop order; `peek_time` settles the next minimum.
+            q.peek_time();
+            let soon: Vec<u64> = q.upcoming(3).copied().collect();
+            let (_, next) = q.pop().expect("not empty");
+            assert_eq!(soon[0], next);
+            popped += 1;
+        }
+        assert_eq!(popped, 510);
+        assert_eq!(q.upcoming(4).count(), 0);
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// Returns whether the observer stopped the run.
     pub fn run_until<O: Observer<E, T>>(&mut self, limit: Time, obs: &mut O) -> bool {
         while let Some((t, ev)) = self.net.queue.pop_until(limit) {
+            self.prefetch_upcoming();
             debug_assert!(t >= self.net.now, "time went backwards");
             self.net.now = t;
             self.net.stats.events += 1;
@@ -321,6 +322,37 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             self.net.now = limit;
         }
         false
+    }
+
+    /// Start loading what the next few events will touch: their nodes'
+    /// engine structs and timer bookkeeping, and their datagrams. A big run
+    /// is bound by cache misses on state it reaches at random (100,000
+    /// nodes' engines are ~3 KB each, plus their tables); fetching a few
+    /// events ahead overlaps those misses with the current event's work
+    /// (100k nodes: about a fifth less wall time), where the engine's own
+    /// [`Engine::prefetch`] just before its input has little to overlap
+    /// with. A hint only: nothing it touches changes.
+    fn prefetch_upcoming(&self) {
+        /// Events fetched ahead: fewer overlap less, more evict each other
+        /// (3 and 4 measured best at 30k nodes).
+        const AHEAD: usize = 3;
+        let lines = std::mem::size_of::<Option<E>>().div_ceil(64);
+        for ev in self.net.queue.upcoming(AHEAD) {
+            let (node, bytes) = match ev {
+                Ev::Datagram { to, bytes, .. } | Ev::Stream { to, bytes, .. } => (*to, Some(bytes)),
+                Ev::Timer { node } | Ev::Unreachable { node, .. } => (*node, None),
+                Ev::Action(_) => continue,
+            };
+            let i = node as usize;
+            let base: *const u8 = (&raw const self.engines[i]).cast();
+            for l in 0..lines {
+                prefetch(base.wrapping_add(l * 64));
+            }
+            prefetch((&raw const self.meta[i]).cast());
+            if let Some(b) = bytes {
+                prefetch(b.as_ptr());
+            }
+        }
     }
 
     /// Run for `span` of simulated time from now.
@@ -549,4 +581,17 @@ fn send<T: Topology>(net: &mut Net<T>, from: usize, t: SimTransmit) {
             },
         );
     }
+}
+
+/// Ask the CPU to start loading the cache line at `p`.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and never changes
+    // memory, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
