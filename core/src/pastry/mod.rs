@@ -177,9 +177,11 @@ enum Contest {
     /// inequality from a row reply's RTTs, see `on_state`; 0 when nothing
     /// is known): probe unless the measured holder is no farther.
     Bounded(u32),
-    /// Probe only if the holder is not measured either (candidates with no
-    /// reason to be near us, see `on_state`).
-    UnmeasuredHolderOnly,
+    /// The candidate is, as far as we know, a random point of the network
+    /// (see `on_state`): probe unless the holder is nearer than random
+    /// nodes are, judged by our measured leaves (see
+    /// `Pastry::nearer_than_random`).
+    RandomPoint,
 }
 
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
@@ -642,6 +644,27 @@ impl Pastry {
         self.rtt_cache.get(id)
     }
 
+    /// Whether a node at `rtt` is so near that a random node is unlikely to
+    /// beat it. Our leaves are random points of the network as far as
+    /// distance goes (they are near us by id only), so their measured RTTs
+    /// sample our RTT to a random node: with at least four measured and
+    /// none nearer than `rtt`, fewer than about one random node in 16 is.
+    /// In a big overlay the holders of the top rows are nearer than that
+    /// (the nearest of hundreds of candidates); in a small or young one
+    /// they often are not, and random candidates are still worth a probe.
+    fn nearer_than_random(&self, rtt: u32) -> bool {
+        let mut measured = 0;
+        for l in self.leaves.members() {
+            if l.rtt != RTT_UNKNOWN {
+                if l.rtt < rtt {
+                    return false;
+                }
+                measured += 1;
+            }
+        }
+        measured >= 4
+    }
+
     fn cache_rtt(&mut self, id: NodeId, rtt: u32) {
         self.rtt_cache.insert(id, rtt);
     }
@@ -721,7 +744,7 @@ impl Pastry {
             Offer::NeedsRtt { holder_rtt } if holder_rtt != RTT_UNKNOWN => {
                 let skip = match contest {
                     Contest::Bounded(floor) => holder_rtt <= floor,
-                    Contest::UnmeasuredHolderOnly => true,
+                    Contest::RandomPoint => self.nearer_than_random(holder_rtt),
                 };
                 if skip && measure {
                     self.stats.probes_pruned += 1;
@@ -1511,12 +1534,13 @@ impl Pastry {
         // A leaf set lists the nodes nearest the sender in id space, hence
         // near us in id space, not in the network: for an occupied slot of
         // our table such a node is no likelier than any other to beat the
-        // measured holder (1 in 20 did, at 30k nodes), so once we are active
-        // it fills empty slots but is not probed against a holder. Near
-        // candidates come from row replies and neighbourhood sets. (A
-        // joiner still measures its final leaf set: its table is young.)
+        // measured holder (1 in 20 did, at 30k nodes). Once we are active
+        // it fills empty slots, but is probed against a holder only if
+        // random nodes stand a chance against it. Near candidates come
+        // from row replies and neighbourhood sets. (A joiner still measures
+        // its final leaf set: its table is young.)
         let leaf_contest = if self.is_active() && state.flags & sf::LEAFSET != 0 {
-            Contest::UnmeasuredHolderOnly
+            Contest::RandomPoint
         } else {
             Contest::Bounded(0)
         };
@@ -1708,7 +1732,7 @@ mod tests {
     }
 
     #[test]
-    fn leaf_set_candidates_fill_empty_slots_but_do_not_contest_measured_ones() {
+    fn leaf_set_candidates_do_not_contest_holders_nearer_than_random_nodes() {
         let mut rng = Rng::new(5);
         let now = Time::from_micros(1_000_000);
         let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
@@ -1730,15 +1754,17 @@ mod tests {
                 5_000,
             );
         }
-        // Slot (0, 5) is held by a node measured at 1 ms; (0, 6) is empty.
+        // Slot (0, 5) is held by a node measured at 1 ms, nearer than every
+        // leaf (5 ms); (0, 7) by one at 9 ms, farther; (0, 6) is empty.
         direct(&mut p, handle(5, 10, 2), 1_000);
+        direct(&mut p, handle(7, 10, 5), 9_000);
         assert_eq!(p.leaf_set().len(), 16);
         sent(&mut p);
-        let (c5, c6) = (handle(5, 20, 3), handle(6, 20, 4));
+        let (c5, c6, c7) = (handle(5, 20, 3), handle(6, 20, 4), handle(7, 20, 6));
         let gossip = State {
             flags: sf::LEAFSET | sf::GOSSIP,
             rtt_hint: 5_000,
-            leaves: vec![c5, c6],
+            leaves: vec![c5, c6, c7],
             ..State::default()
         };
         let sender = handle(0, 100, 10);
@@ -1748,9 +1774,9 @@ mod tests {
             .filter(|(ty, _)| *ty == MsgType::Ping)
             .map(|(_, to)| to)
             .collect();
-        // The empty slot takes its candidate (and measures it); the
-        // measured holder is not challenged.
-        assert_eq!(pings, vec![c6.addr]);
+        // The empty slot takes its candidate (and measures it); the holder
+        // that random nodes rarely beat is not challenged, the other is.
+        assert_eq!(pings, vec![c6.addr, c7.addr]);
         assert_eq!(p.routing_table().get(0, 6).map(|e| e.handle), Some(c6));
         assert_eq!(
             p.routing_table().get(0, 5).map(|e| e.handle.id),
