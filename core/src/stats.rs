@@ -32,6 +32,17 @@ pub struct Stats {
     /// measured holder: the triangle inequality proved them no nearer, or
     /// they came in a leaf set (no likelier than any node to be nearer).
     pub probes_pruned: u64,
+    /// `probes_sent` by cause: while joining (measuring what the join
+    /// brought), ...
+    pub probes_joining: u64,
+    /// ... while active, measuring a routing-table candidate or a slot's
+    /// first holder (proximity neighbour selection), ...
+    pub probes_table: u64,
+    /// ... while active, checking a leaf heard of second-hand, ...
+    pub probes_new_leaf: u64,
+    /// ... and liveness checks: stale leaves, the routing-table walk, hops
+    /// that did not acknowledge.
+    pub probes_liveness: u64,
     // ----- DHT of the management ring (`crate::dht`) -----
     /// DHT requests that reached us as the responsible node.
     pub dht_requests_served: u64,
@@ -74,7 +85,7 @@ pub struct Stats {
 impl Stats {
     /// Every counter with its name, in declaration order: what `almd status`
     /// prints, so a new counter shows up there without further code.
-    pub fn counters(&self) -> [(&'static str, u64); 31] {
+    pub fn counters(&self) -> [(&'static str, u64); 35] {
         [
             ("msgs_sent", self.msgs_sent),
             ("bytes_sent", self.bytes_sent),
@@ -91,6 +102,10 @@ impl Stats {
             ("lookups_delivered", self.lookups_delivered),
             ("probes_sent", self.probes_sent),
             ("probes_pruned", self.probes_pruned),
+            ("probes_joining", self.probes_joining),
+            ("probes_table", self.probes_table),
+            ("probes_new_leaf", self.probes_new_leaf),
+            ("probes_liveness", self.probes_liveness),
             ("dht_requests_served", self.dht_requests_served),
             ("dht_replicas_stored", self.dht_replicas_stored),
             ("dht_handoffs_sent", self.dht_handoffs_sent),

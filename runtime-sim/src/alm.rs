@@ -1,7 +1,7 @@
 //! `alm_core::Node` as a simulator [`Engine`], and the `pastry` experiment
 //! with the real engine.
 
-use crate::engine::{Engine, EngineStats, SimChannel, SimEvent, SimTransmit};
+use crate::engine::{Engine, EngineStats, ProbesByCause, SimChannel, SimEvent, SimTransmit};
 use crate::pastry::{PastryParams, PastryReport, run_pastry};
 use alm_core::{Channel, Config, Event, Key, Node, PeerAddr, Time};
 use bytes::Bytes;
@@ -107,6 +107,12 @@ impl Engine for Node {
             msgs_received: s.msgs_received,
             bytes_sent: s.bytes_sent,
             decode_errors: s.decode_errors,
+            probes: ProbesByCause {
+                joining: s.probes_joining,
+                table: s.probes_table,
+                new_leaf: s.probes_new_leaf,
+                liveness: s.probes_liveness,
+            },
         }
     }
 }

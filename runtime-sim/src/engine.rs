@@ -71,6 +71,31 @@ pub struct EngineStats {
     pub msgs_received: u64,
     pub bytes_sent: u64,
     pub decode_errors: u64,
+    /// RTT probes sent, by cause (see [`ProbesByCause`]).
+    pub probes: ProbesByCause,
+}
+
+/// RTT probes (pings, not counting retries) by why they were sent: what
+/// proximity neighbour selection costs against liveness checking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbesByCause {
+    /// Sent while joining: measuring the candidates the join brought.
+    pub joining: u64,
+    /// Active, measuring a routing-table candidate or a slot's holder.
+    pub table: u64,
+    /// Active, checking a leaf heard of second-hand.
+    pub new_leaf: u64,
+    /// Stale leaves, the routing-table walk, unacknowledged hops.
+    pub liveness: u64,
+}
+
+impl std::ops::AddAssign for ProbesByCause {
+    fn add_assign(&mut self, o: Self) {
+        self.joining += o.joining;
+        self.table += o.table;
+        self.new_leaf += o.new_leaf;
+        self.liveness += o.liveness;
+    }
 }
 
 /// A sans-IO overlay participant, as the simulator drives it.

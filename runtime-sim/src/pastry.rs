@@ -14,7 +14,7 @@
 
 pub use crate::build::peak_rss_mb;
 use crate::build::{Joiner, offset_us, progress, unique_ids};
-use crate::engine::{Engine, SimEvent, SimTransmit};
+use crate::engine::{Engine, ProbesByCause, SimEvent, SimTransmit};
 use crate::sim::{Action, NetConfig, Observer, Sim};
 use crate::topology::{AnyTopology, Topology, TopologyKind};
 use alm_core::{Duration, Key, NodeId, PeerAddr, Rng, Time};
@@ -179,6 +179,8 @@ pub struct PastryReport {
     /// `msgs_total` split by message type (Pastry's names, others by hex).
     pub msgs_by_type: std::collections::BTreeMap<String, u64>,
     pub bytes_total: u64,
+    /// RTT probes sent (pings, not retries), by cause.
+    pub probes_by_cause: ProbesByCause,
     pub decode_errors: u64,
     pub sim_events: u64,
     pub queue_peak: usize,
@@ -461,9 +463,12 @@ where
     }
 
     let mut decode_errors = 0;
+    let mut probes_by_cause = ProbesByCause::default();
     for i in 0..n {
         if let Some(e) = sim.engine(i) {
-            decode_errors += e.stats().decode_errors;
+            let s = e.stats();
+            decode_errors += s.decode_errors;
+            probes_by_cause += s.probes;
         }
     }
     let st = *sim.stats();
@@ -495,6 +500,7 @@ where
         msgs_total: st.transmits,
         msgs_by_type: msgs_by_type(&sc.by_type),
         bytes_total: st.bytes,
+        probes_by_cause,
         decode_errors,
         sim_events: st.events,
         queue_peak: sim.queue_peak(),
@@ -893,7 +899,7 @@ pub fn render_table(r: &PastryReport) -> String {
         "pastry: {} nodes, {} lookups, topology {}, seed {}",
         r.nodes, r.lookups, r.topology, r.seed
     );
-    let rows: [(&str, String); 14] = [
+    let rows: [(&str, String); 15] = [
         (
             "joined",
             format!(
@@ -915,6 +921,13 @@ pub fn render_table(r: &PastryReport) -> String {
             "messages total",
             format!("{} ({} bytes)", r.msgs_total, r.bytes_total),
         ),
+        ("probes: joining / table / new leaf / liveness", {
+            let p = &r.probes_by_cause;
+            format!(
+                "{} / {} / {} / {}",
+                p.joining, p.table, p.new_leaf, p.liveness
+            )
+        }),
         ("decode errors", r.decode_errors.to_string()),
         (
             "sim events",

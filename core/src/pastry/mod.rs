@@ -184,6 +184,17 @@ enum Contest {
     RandomPoint,
 }
 
+/// Why a probe goes out (counted in `Stats::probes_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeCause {
+    /// An RTT for the routing table.
+    Table,
+    /// A leaf heard of second-hand: is it alive?
+    NewLeaf,
+    /// A known node that has been quiet or did not acknowledge.
+    Liveness,
+}
+
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
 const MAX_HOPS: u8 = 40;
 
@@ -431,7 +442,7 @@ impl Pastry {
         self.transmits.push_back(t);
     }
 
-    fn ping(&mut self, now: Time, h: NodeHandle) {
+    fn ping(&mut self, now: Time, h: NodeHandle, cause: ProbeCause) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
             return;
         }
@@ -454,6 +465,12 @@ impl Pastry {
         );
         self.arm_probes(deadline);
         self.stats.probes_sent += 1;
+        *match cause {
+            _ if !self.is_active() => &mut self.stats.probes_joining,
+            ProbeCause::Table => &mut self.stats.probes_table,
+            ProbeCause::NewLeaf => &mut self.stats.probes_new_leaf,
+            ProbeCause::Liveness => &mut self.stats.probes_liveness,
+        } += 1;
         let flags = if self.is_active() { PING_ACTIVE } else { 0 };
         let rtt_hint = self.known_rtt(h.id);
         self.send(
@@ -707,7 +724,7 @@ impl Pastry {
             self.cache_rtt(h.id, rtt);
             rtt
         };
-        let mut want_probe = false;
+        let mut want_probe = None;
         // Leaf set: by id only.
         let heard_at = if direct { now } else { Time::ZERO };
         if self.leaves.insert(h, heard_at) {
@@ -716,7 +733,7 @@ impl Pastry {
             if !direct && self.is_active() {
                 // Check it is alive, and let it learn about us. (A joiner
                 // announces itself to its whole leaf set when it is done.)
-                want_probe = true;
+                want_probe = Some(ProbeCause::NewLeaf);
             }
         }
         // (A direct offer comes from `handle`, which has already marked a
@@ -738,7 +755,7 @@ impl Pastry {
             Offer::Inserted | Offer::Replaced(_) => {
                 self.table_changes = self.table_changes.saturating_add(1);
                 if rtt == RTT_UNKNOWN && measure {
-                    want_probe = true;
+                    want_probe = Some(ProbeCause::Table);
                 }
             }
             Offer::NeedsRtt { holder_rtt } if holder_rtt != RTT_UNKNOWN => {
@@ -749,9 +766,9 @@ impl Pastry {
                 if skip && measure {
                     self.stats.probes_pruned += 1;
                 }
-                want_probe = measure && !skip;
+                want_probe = (measure && !skip).then_some(ProbeCause::Table);
             }
-            Offer::NeedsRtt { .. } => want_probe = measure,
+            Offer::NeedsRtt { .. } => want_probe = measure.then_some(ProbeCause::Table),
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
@@ -759,8 +776,8 @@ impl Pastry {
             self.leaves.set_rtt(h.id, rtt);
             self.nbrs.offer(h, rtt);
         }
-        if want_probe {
-            self.ping(now, h);
+        if let Some(cause) = want_probe {
+            self.ping(now, h, cause);
         }
     }
 
@@ -925,7 +942,7 @@ impl Pastry {
         }
         for h in picked {
             if !self.leaves.contains(h.id) {
-                self.ping(now, h);
+                self.ping(now, h, ProbeCause::Liveness);
             }
         }
     }
@@ -1011,7 +1028,7 @@ impl Pastry {
             .map(|l| l.handle)
             .collect();
         for h in stale {
-            self.ping(now, h);
+            self.ping(now, h, ProbeCause::Liveness);
         }
         self.estimate_pns_rows();
         self.probe_table_slice(now);
@@ -1160,7 +1177,7 @@ impl Pastry {
         };
         self.stats.reroutes += 1;
         // Suspect the silent hop: probe it, and route around it meanwhile.
-        self.ping(now, p.next);
+        self.ping(now, p.next, ProbeCause::Liveness);
         if p.reroutes >= self.cfg.max_reroutes {
             self.stats.route_drops += 1;
             tracing::debug!(node = ?self.me.id, key = ?p.route.key, "routed message dropped after reroutes");
@@ -1615,7 +1632,7 @@ mod tests {
         // a, a candidate for that slot, probes b (for its own table).
         let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
         a.join(t0, &[]);
-        a.ping(t0, b.me());
+        a.ping(t0, b.me(), ProbeCause::Table);
         let [(to, ping)] = decoded(&mut a).try_into().expect("one ping");
         assert_eq!(to, b.me().addr);
         b.handle(t0, a.me(), ping);
@@ -1793,6 +1810,13 @@ mod tests {
         p.handle(now, sender, Repr::State(row));
         let pinged = sent(&mut p).contains(&(MsgType::Ping, c5.addr));
         assert!(pinged);
+        // Every probe was for the table, and counted as such.
+        let st = &p.stats;
+        assert_eq!((st.probes_sent, st.probes_table), (3, 3));
+        assert_eq!(
+            st.probes_joining + st.probes_new_leaf + st.probes_liveness,
+            0
+        );
     }
 
     #[test]
