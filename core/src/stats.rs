@@ -30,7 +30,8 @@ pub struct Stats {
     pub probes_sent: u64,
     /// Second-hand routing-table candidates not probed against their slot's
     /// measured holder: the triangle inequality proved them no nearer, or
-    /// they came in a leaf set (no likelier than any node to be nearer).
+    /// they came in a leaf set and the holder is nearer than every measured
+    /// leaf (a random node would rarely beat it).
     pub probes_pruned: u64,
     /// `probes_sent` by cause: while joining (measuring what the join
     /// brought), ...

@@ -328,10 +328,12 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// engine structs and timer bookkeeping, and their datagrams. A big run
     /// is bound by cache misses on state it reaches at random (100,000
     /// nodes' engines are ~3 KB each, plus their tables); fetching a few
-    /// events ahead overlaps those misses with the current event's work
-    /// (100k nodes: about a fifth less wall time), where the engine's own
-    /// [`Engine::prefetch`] just before its input has little to overlap
-    /// with. A hint only: nothing it touches changes.
+    /// events ahead overlaps those misses with the current event's work,
+    /// where the engine's own [`Engine::prefetch`] just before its input
+    /// has little to overlap with (100k nodes on a quiet machine: 209 s ->
+    /// 176 s in one pair; no gain seen while another process shared the
+    /// L3 cache, see BENCHMARKS.md). A hint only: nothing it touches
+    /// changes.
     fn prefetch_upcoming(&self) {
         /// Events fetched ahead: fewer overlap less, more evict each other
         /// (3 and 4 measured best at 30k nodes).

@@ -464,14 +464,16 @@ impl Pastry {
             },
         );
         self.arm_probes(deadline);
-        self.stats.probes_sent += 1;
+        let active = self.is_active();
+        let st = &mut self.stats;
+        st.probes_sent += 1;
         *match cause {
-            _ if !self.is_active() => &mut self.stats.probes_joining,
-            ProbeCause::Table => &mut self.stats.probes_table,
-            ProbeCause::NewLeaf => &mut self.stats.probes_new_leaf,
-            ProbeCause::Liveness => &mut self.stats.probes_liveness,
+            _ if !active => &mut st.probes_joining,
+            ProbeCause::Table => &mut st.probes_table,
+            ProbeCause::NewLeaf => &mut st.probes_new_leaf,
+            ProbeCause::Liveness => &mut st.probes_liveness,
         } += 1;
-        let flags = if self.is_active() { PING_ACTIVE } else { 0 };
+        let flags = if active { PING_ACTIVE } else { 0 };
         let rtt_hint = self.known_rtt(h.id);
         self.send(
             h.addr,
@@ -758,17 +760,18 @@ impl Pastry {
                     want_probe = Some(ProbeCause::Table);
                 }
             }
-            Offer::NeedsRtt { holder_rtt } if holder_rtt != RTT_UNKNOWN => {
-                let skip = match contest {
-                    Contest::Bounded(floor) => holder_rtt <= floor,
-                    Contest::RandomPoint => self.nearer_than_random(holder_rtt),
-                };
+            Offer::NeedsRtt { holder_rtt } => {
+                // An unmeasured holder is contested by any candidate.
+                let skip = holder_rtt != RTT_UNKNOWN
+                    && match contest {
+                        Contest::Bounded(floor) => holder_rtt <= floor,
+                        Contest::RandomPoint => self.nearer_than_random(holder_rtt),
+                    };
                 if skip && measure {
                     self.stats.probes_pruned += 1;
                 }
                 want_probe = (measure && !skip).then_some(ProbeCause::Table);
             }
-            Offer::NeedsRtt { .. } => want_probe = measure.then_some(ProbeCause::Table),
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
@@ -1614,6 +1617,17 @@ mod tests {
             .collect()
     }
 
+    /// `h`, an active member that measured `rtt_hint` µs to `p`, pings it:
+    /// `p` learns of `h` first-hand, with that RTT.
+    fn ping_from(p: &mut Pastry, now: Time, h: NodeHandle, rtt_hint: u32) {
+        let ping = Repr::Ping {
+            token: 0,
+            flags: PING_ACTIVE,
+            rtt_hint,
+        };
+        p.handle(now, h, ping);
+    }
+
     #[test]
     fn a_wanted_reverse_probe_rides_on_the_pong() {
         let mut rng = Rng::new(9);
@@ -1622,12 +1636,7 @@ mod tests {
         b.join(t0, &[]);
         // b's slot (0, 5) is held by a node measured at 1 ms.
         let holder = handle(5, 10, 2);
-        let ping = Repr::Ping {
-            token: 0,
-            flags: PING_ACTIVE,
-            rtt_hint: 1_000,
-        };
-        b.handle(t0, holder, ping);
+        ping_from(&mut b, t0, holder, 1_000);
         decoded(&mut b);
         // a, a candidate for that slot, probes b (for its own table).
         let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
@@ -1665,12 +1674,7 @@ mod tests {
         p.join(now, &[]);
         let (near, far, asker) = (handle(7, 2, 2), handle(9, 3, 3), handle(4, 4, 4));
         for (h, rtt) in [(far, 900), (near, 300), (asker, 500)] {
-            let ping = Repr::Ping {
-                token: 0,
-                flags: PING_ACTIVE,
-                rtt_hint: rtt,
-            };
-            p.handle(now, h, ping);
+            ping_from(&mut p, now, h, rtt);
         }
         decoded(&mut p);
         p.handle(
@@ -1704,12 +1708,7 @@ mod tests {
         let holder = handle(5, 10, 2);
         let replier = handle(3, 11, 3);
         for (h, rtt) in [(holder, 1_000), (replier, 100)] {
-            let ping = Repr::Ping {
-                token: 0,
-                flags: PING_ACTIVE,
-                rtt_hint: rtt,
-            };
-            p.handle(now, h, ping);
+            ping_from(&mut p, now, h, rtt);
         }
         sent(&mut p);
         // Two candidates for slot (0, 5): 1.5 ms and 0.9 ms from the
@@ -1754,27 +1753,16 @@ mod tests {
         let now = Time::from_micros(1_000_000);
         let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
         p.join(now, &[]);
-        let direct = |p: &mut Pastry, h: NodeHandle, rtt: u32| {
-            let ping = Repr::Ping {
-                token: 0,
-                flags: PING_ACTIVE,
-                rtt_hint: rtt,
-            };
-            p.handle(now, h, ping);
-        };
         // A full leaf set of ids nearer ours than any candidate below.
         for i in 0..8u8 {
-            direct(&mut p, handle(0, 100 + u128::from(i), 10 + i), 5_000);
-            direct(
-                &mut p,
-                handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i),
-                5_000,
-            );
+            ping_from(&mut p, now, handle(0, 100 + u128::from(i), 10 + i), 5_000);
+            let ccw = handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i);
+            ping_from(&mut p, now, ccw, 5_000);
         }
         // Slot (0, 5) is held by a node measured at 1 ms, nearer than every
         // leaf (5 ms); (0, 7) by one at 9 ms, farther; (0, 6) is empty.
-        direct(&mut p, handle(5, 10, 2), 1_000);
-        direct(&mut p, handle(7, 10, 5), 9_000);
+        ping_from(&mut p, now, handle(5, 10, 2), 1_000);
+        ping_from(&mut p, now, handle(7, 10, 5), 9_000);
         assert_eq!(p.leaf_set().len(), 16);
         sent(&mut p);
         let (c5, c6, c7) = (handle(5, 20, 3), handle(6, 20, 4), handle(7, 20, 6));
