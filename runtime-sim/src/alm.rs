@@ -2,7 +2,7 @@
 //! with the real engine.
 
 use crate::engine::{Engine, EngineStats, ProbesByCause, SimChannel, SimEvent, SimTransmit};
-use crate::pastry::{PastryParams, PastryReport, run_pastry};
+use crate::pastry::{PastryParams, PastryReport, run_pastry_with};
 use alm_core::{Channel, Config, Event, Key, Node, PeerAddr, Time};
 use bytes::Bytes;
 
@@ -117,9 +117,16 @@ impl Engine for Node {
     }
 }
 
-/// The `pastry` experiment with `alm_core::Node` engines (default `Config`).
+/// The `pastry` experiment with `alm_core::Node` engines (default `Config`),
+/// batches run on `p.threads` threads when `p.batch` is on.
 pub fn run_pastry_alm(p: &PastryParams) -> PastryReport {
-    run_pastry(p, |id, addr, seed| {
-        Node::new(Config::default(), id, addr, seed)
-    })
+    run_pastry_with(
+        p,
+        |id, addr, seed| Node::new(Config::default(), id, addr, seed),
+        |sim| {
+            if p.batch {
+                sim.set_threads(p.threads);
+            }
+        },
+    )
 }

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod fake;
 pub mod mgmt;
 pub mod pastry;
+mod pool;
 pub mod queue;
 pub mod scribe;
 pub mod sim;

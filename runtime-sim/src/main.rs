@@ -205,6 +205,15 @@ struct PastryArgs {
     /// evaluations per lookup.
     #[arg(long)]
     ideal_pns: bool,
+    /// Threads that run the engines (default: the cores available). The
+    /// report does not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run events one at a time instead of in batches of causally
+    /// independent events (the report differs slightly: ties at the same
+    /// microsecond can order differently). Implies one thread.
+    #[arg(long)]
+    no_batch: bool,
 }
 
 fn main() -> ExitCode {
@@ -355,6 +364,8 @@ fn pastry(a: PastryArgs) -> ExitCode {
         repair: secs(a.repair_s),
         progress: a.progress,
         ideal_pns: a.ideal_pns,
+        batch: !a.no_batch,
+        threads: a.threads.unwrap_or_else(available_threads).max(1),
         ..PastryParams::default()
     };
     p.net.loss = a.loss;
@@ -386,6 +397,11 @@ fn pastry(a: PastryArgs) -> ExitCode {
         print!("{}", render_table(&report));
     }
     ExitCode::SUCCESS
+}
+
+/// The cores this process may use (1 if unknown).
+fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn plot(r: &PastryReport) -> String {

@@ -13,12 +13,16 @@
 //! whole entries. Bucket 0 holds the items due at the current minimum time
 //! and is consumed in `seq` order (sorted once when it is refilled; later
 //! pushes at that time append with larger `seq`). A push *below* the current
-//! minimum (possible only from outside the run loop, e.g. scheduling at `now`
-//! after `pop_until` looked ahead) is still correct: the heap is rebuilt
-//! around the new minimum.
+//! minimum goes to a small binary heap of "early" items instead, and each pop
+//! takes the smaller `(time, seq)` of the two heads. That happens when the
+//! simulator runs a batch of events at once (`crate::sim`): an event early in
+//! the batch can schedule something before the batch's last event. It also
+//! covers scheduling at `now` from outside the run loop after `pop_until`
+//! looked ahead.
 
 use alm_core::Time;
-use std::collections::VecDeque;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Bucket of time `t` relative to `last`: 0 when equal, else 1 + index of
 /// the highest differing bit.
@@ -36,6 +40,31 @@ struct Entry<T> {
     item: T,
 }
 
+/// An entry of the early heap: the max-heap's greatest is the earliest.
+struct Early<T>(Entry<T>);
+
+impl<T> Early<T> {
+    fn key(&self) -> (u64, u64) {
+        (self.0.time, self.0.seq)
+    }
+}
+impl<T> PartialEq for Early<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl<T> Eq for Early<T> {}
+impl<T> PartialOrd for Early<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Early<T> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.key().cmp(&self.key())
+    }
+}
+
 /// Monotone min-queue of timed items with FIFO order among equal times.
 pub struct EventQueue<T> {
     /// Items due exactly at `last`, in `seq` order.
@@ -44,8 +73,11 @@ pub struct EventQueue<T> {
     buckets: Vec<Vec<Entry<T>>>,
     /// Bit `i` set iff bucket `i` (1..=64) is non-empty.
     nonempty: u128,
-    /// Time every stored item is `>=`; bucket 0 holds items due exactly then.
+    /// Time every item in the buckets is `>=`; bucket 0 holds items due
+    /// exactly then.
     last: u64,
+    /// Items pushed with a time below `last`.
+    early: BinaryHeap<Early<T>>,
     len: usize,
     peak: usize,
     next_seq: u64,
@@ -64,6 +96,7 @@ impl<T> EventQueue<T> {
             buckets: (0..65).map(|_| Vec::new()).collect(),
             nonempty: 0,
             last: 0,
+            early: BinaryHeap::new(),
             len: 0,
             peak: 0,
             next_seq: 0,
@@ -86,35 +119,22 @@ impl<T> EventQueue<T> {
     pub fn push(&mut self, time: Time, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if time.0 < self.last {
-            self.rebase(time.0);
-        }
-        self.put(Entry {
+        let e = Entry {
             time: time.0,
             seq,
             item,
-        });
+        };
+        if e.time < self.last {
+            self.early.push(Early(e));
+        } else {
+            self.put(e);
+        }
         self.len += 1;
         self.peak = self.peak.max(self.len);
     }
 
-    /// Lower `last` to `t` (below every stored time): re-bucket everything.
-    #[cold]
-    fn rebase(&mut self, t: u64) {
-        let mut all: Vec<Entry<T>> = self.zero.drain(..).collect();
-        for b in self.buckets.iter_mut() {
-            all.append(b);
-        }
-        all.sort_unstable_by_key(|e| (e.time, e.seq));
-        self.nonempty = 0;
-        self.last = t;
-        for e in all {
-            self.put(e);
-        }
-    }
-
-    /// Make bucket 0 hold the items due at the minimum time, in `seq`
-    /// order. Returns false when the queue is empty.
+    /// Make bucket 0 hold the buckets' items due at their minimum time, in
+    /// `seq` order. Returns false when the buckets are empty.
     fn settle(&mut self) -> bool {
         if !self.zero.is_empty() {
             return true;
@@ -141,23 +161,42 @@ impl<T> EventQueue<T> {
         true
     }
 
+    /// Whether the earliest item is in the early heap (`None`: empty).
+    fn head_is_early(&mut self) -> Option<bool> {
+        let buckets = self.settle();
+        match (self.early.peek(), self.zero.front()) {
+            (Some(e), Some(z)) if buckets => Some(e.key() < (z.time, z.seq)),
+            (Some(_), _) => Some(true),
+            (None, _) if buckets => Some(false),
+            (None, _) => None,
+        }
+    }
+
     /// Time of the earliest item, if any.
     pub fn peek_time(&mut self) -> Option<Time> {
-        if self.settle() {
-            Some(Time(self.last))
-        } else {
-            None
-        }
+        self.peek().map(|(t, _)| t)
+    }
+
+    /// The earliest item, if any, without removing it.
+    pub fn peek(&mut self) -> Option<(Time, &T)> {
+        let e = match self.head_is_early()? {
+            true => &self.early.peek()?.0,
+            false => self.zero.front()?,
+        };
+        Some((Time(e.time), &e.item))
     }
 
     /// Remove and return the earliest item.
     pub fn pop(&mut self) -> Option<(Time, T)> {
-        if !self.settle() {
-            return None;
-        }
-        let e = self.zero.pop_front()?;
+        let e = match self.head_is_early()? {
+            true => self.early.pop()?.0,
+            false => {
+                let e = self.zero.pop_front()?;
+                debug_assert_eq!(e.time, self.last);
+                e
+            }
+        };
         self.len -= 1;
-        debug_assert_eq!(e.time, self.last);
         Some((Time(e.time), e.item))
     }
 
@@ -170,9 +209,10 @@ impl<T> EventQueue<T> {
     }
 
     /// Up to `n` items due soon, for cache prefetching: the rest of those
-    /// due at the current minimum in pop order, then the items of the
-    /// lowest non-empty buckets (every item of a bucket is due before any
-    /// item of a higher one; within a bucket the order is arbitrary).
+    /// due at the buckets' minimum in pop order, then the early items (any
+    /// order), then the items of the lowest non-empty buckets (every item
+    /// of a bucket is due before any item of a higher one; within a bucket
+    /// the order is arbitrary).
     pub fn upcoming(&self, n: usize) -> impl Iterator<Item = &T> {
         let mut mask = self.nonempty;
         let buckets = std::iter::from_fn(move || {
@@ -184,7 +224,13 @@ impl<T> EventQueue<T> {
             Some(self.buckets[i].iter())
         })
         .flatten();
-        self.zero.iter().chain(buckets).map(|e| &e.item).take(n)
+        let early = self.early.iter().map(|e| &e.0);
+        self.zero
+            .iter()
+            .chain(early)
+            .chain(buckets)
+            .map(|e| &e.item)
+            .take(n)
     }
 
     pub fn len(&self) -> usize {
@@ -323,6 +369,50 @@ mod tests {
             assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
         }
         assert!(q.is_empty());
+    }
+
+    /// The simulator's batched pattern: pop a run of items, then push
+    /// items due after the first of them but possibly before the last.
+    #[test]
+    fn pushes_below_the_last_pop_keep_time_and_seq_order() {
+        use alm_core::Rng;
+        let mut rng = Rng::new(78);
+        let mut q = EventQueue::new();
+        let mut reference: Vec<(u64, u64)> = Vec::new();
+        let mut seq = 0u64;
+        let mut push = |q: &mut EventQueue<u64>, r: &mut Vec<(u64, u64)>, t: u64| {
+            q.push(Time(t), seq);
+            r.push((t, seq));
+            seq += 1;
+        };
+        for _ in 0..64 {
+            push(&mut q, &mut reference, rng.below(1000));
+        }
+        for _ in 0..3_000 {
+            let run = 1 + rng.index(8);
+            let mut popped = Vec::new();
+            for _ in 0..run {
+                reference.sort_unstable();
+                if reference.is_empty() {
+                    break;
+                }
+                let want = reference.remove(0);
+                assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
+                popped.push(want.0);
+            }
+            for &t in &popped {
+                for _ in 0..rng.below(3) {
+                    let span = if rng.below(4) == 0 { 20_000 } else { 30 };
+                    let dt = 1 + rng.below(span);
+                    push(&mut q, &mut reference, t + dt);
+                }
+            }
+            assert_eq!(q.len(), reference.len());
+            assert_eq!(q.peek_time().map(|t| t.0), {
+                reference.sort_unstable();
+                reference.first().map(|r| r.0)
+            });
+        }
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub struct SimStats {
     /// After `handle_timeout(now)` the engine still asked for a deadline
     /// `<= now`; the simulator fires it again 1 µs later instead of spinning.
     pub timer_violations: u64,
+    /// Batches run (with batching on; their events are counted in `events`).
+    pub batches: u64,
+    /// Batches that ran on more than one thread.
+    pub parallel_batches: u64,
 }
 
 /// Per-node bookkeeping, kept apart from the (large) engines in a dense
@@ -160,11 +164,27 @@ struct Net<T> {
     stats: SimStats,
 }
 
+/// Events run together at most (see [`Sim::set_batching`]).
+const MAX_BATCH: usize = 96;
+/// Batches smaller than this run on the calling thread only.
+const MIN_PARALLEL: usize = 6;
+/// Jobs whose memory a thread starts fetching ahead of the one it runs.
+const AHEAD: usize = 3;
+
 /// A deterministic simulated network of engines `E` over latency model `T`.
 pub struct Sim<E, T> {
-    engines: Vec<Option<E>>,
+    /// Boxed, so that a batch can hand an engine to another thread by
+    /// moving a pointer.
+    engines: Vec<Option<Box<E>>>,
     meta: Vec<Meta>,
     net: Net<T>,
+    batching: bool,
+    /// The batch being formed or run, in pop order.
+    jobs: Vec<Job<E>>,
+    /// Output buffers of finished jobs, for reuse.
+    spare_out: Vec<Vec<Output>>,
+    /// Worker threads (see [`Sim::set_threads`]).
+    pool: Option<Box<dyn Executor<E>>>,
 }
 
 impl<E: Engine, T: Topology> Sim<E, T> {
@@ -199,7 +219,48 @@ impl<E: Engine, T: Topology> Sim<E, T> {
                 uplink_free,
                 stats: SimStats::default(),
             },
+            batching: false,
+            jobs: Vec::with_capacity(MAX_BATCH),
+            spare_out: Vec::new(),
+            pool: None,
         }
+    }
+
+    /// Run events in *batches* instead of one at a time.
+    ///
+    /// A batch is a run of queued events, in pop order, at distinct nodes,
+    /// such that no event of the batch can cause anything at the node of a
+    /// later one before that one's time: every pair is further apart in
+    /// latency than in time ([`Topology::separated`]). Running a batch's
+    /// engines in any order (or at once, see [`Sim::set_threads`]) then
+    /// hands every engine the same inputs at the same times as running them
+    /// one by one would. The simulator applies the batch's outputs (sends,
+    /// timers, observer calls) in pop order afterwards, so a run stays
+    /// deterministic and independent of the thread count.
+    ///
+    /// What changes against one-at-a-time: messages a batch schedules get
+    /// their queue sequence numbers after the whole batch ran, which can
+    /// reorder events due at the same microsecond, and [`Observer::stop`]
+    /// is checked after each batch, so up to a batch's worth of events more
+    /// may run before a run stops. Actions never share a batch.
+    pub fn set_batching(&mut self, on: bool) {
+        self.batching = on;
+    }
+
+    /// Run each batch on `threads` threads, the calling one included
+    /// (`threads <= 1`: on the calling thread only). Turns batching on.
+    /// Results are the same for every `threads`.
+    pub fn set_threads(&mut self, threads: usize)
+    where
+        E: Send + 'static,
+    {
+        self.batching = true;
+        self.pool = (threads > 1).then(|| {
+            Box::new(crate::pool::Pool::<E>::new(
+                threads - 1,
+                self.net.cfg.strict_drain,
+            )) as Box<dyn Executor<E>>
+        });
     }
 
     pub fn now(&self) -> Time {
@@ -233,7 +294,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     }
     /// The engine of node `i`, if started (crashed nodes keep theirs).
     pub fn engine(&self, i: usize) -> Option<&E> {
-        self.engines[i].as_ref()
+        self.engines[i].as_deref()
     }
     pub fn is_alive(&self, i: usize) -> bool {
         self.meta[i].alive
@@ -251,7 +312,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
 
     /// Put an engine in slot `i` and mark it alive. Nothing is called yet.
     pub fn start_node(&mut self, i: usize, engine: E) {
-        self.engines[i] = Some(engine);
+        self.engines[i] = Some(Box::new(engine));
         let s = &mut self.meta[i];
         s.alive = true;
         s.deadline = u64::MAX;
@@ -281,16 +342,18 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// Does nothing if the node is not started or has crashed.
     pub fn call<O: Observer<E, T>>(&mut self, i: usize, obs: &mut O, f: impl FnOnce(&mut E, Time)) {
         let now = self.net.now;
-        let meta = &mut self.meta[i];
-        if !meta.alive {
+        if !self.meta[i].alive {
             return;
         }
-        let Some(engine) = self.engines[i].as_mut() else {
+        let out = self.spare_out.pop().unwrap_or_default();
+        let Some(engine) = self.engines[i].as_deref_mut() else {
             return;
         };
+        let mut job = Job::new(now, i as u32, Effect::Call, Input::None, out);
         engine.prefetch();
         f(engine, now);
-        drain(&mut self.net, meta, engine, i, obs, false);
+        job.collect(engine, self.net.cfg.strict_drain);
+        self.merge(job, obs);
     }
 
     /// `join_overlay` on node `i` with the given bootstrap nodes.
@@ -308,12 +371,26 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// `obs.stop()`), then advance the clock to `limit` (unless stopped).
     /// Returns whether the observer stopped the run.
     pub fn run_until<O: Observer<E, T>>(&mut self, limit: Time, obs: &mut O) -> bool {
+        if self.batching {
+            return self.run_batches_until(limit, obs);
+        }
         while let Some((t, ev)) = self.net.queue.pop_until(limit) {
             self.prefetch_upcoming();
             debug_assert!(t >= self.net.now, "time went backwards");
-            self.net.now = t;
             self.net.stats.events += 1;
-            self.dispatch(t, ev, obs);
+            match ev {
+                Ev::Action(a) => {
+                    self.net.now = t;
+                    self.act(a, obs);
+                }
+                ev => {
+                    let mut job = self.plan(t, ev);
+                    if let Some(engine) = self.engines[job.node as usize].as_deref_mut() {
+                        job.execute(engine, self.net.cfg.strict_drain);
+                    }
+                    self.merge(job, obs);
+                }
+            }
             if obs.stop() {
                 return true;
             }
@@ -322,6 +399,253 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             self.net.now = limit;
         }
         false
+    }
+
+    /// `run_until` with batching on. `now` follows the event being applied,
+    /// so between batches it can step back to an event that an early member
+    /// of the last batch scheduled before that batch's last member (each
+    /// node still sees its own inputs in time order).
+    fn run_batches_until<O: Observer<E, T>>(&mut self, limit: Time, obs: &mut O) -> bool {
+        while let Some((t, ev)) = self.net.queue.peek() {
+            if t > limit {
+                break;
+            }
+            if matches!(ev, Ev::Action(_)) {
+                let Some((t, Ev::Action(a))) = self.net.queue.pop() else {
+                    unreachable!("peeked an action");
+                };
+                self.net.stats.events += 1;
+                self.net.now = t;
+                self.act(a, obs);
+            } else {
+                self.form_batch(limit);
+                self.run_batch(obs);
+            }
+            if obs.stop() {
+                return true;
+            }
+        }
+        if limit > self.net.now {
+            self.net.now = limit;
+        }
+        false
+    }
+
+    /// Pop the next batch (at least one event, none an action) into
+    /// `self.jobs`.
+    fn form_batch(&mut self, limit: Time) {
+        debug_assert!(self.jobs.is_empty());
+        while self.jobs.len() < MAX_BATCH {
+            let Some((t, ev)) = self.net.queue.peek() else {
+                break;
+            };
+            let node = match ev {
+                Ev::Datagram { to, .. } | Ev::Stream { to, .. } => *to,
+                Ev::Timer { node } | Ev::Unreachable { node, .. } => *node,
+                Ev::Action(_) => break,
+            };
+            if t > limit || self.conflicts(node, t) {
+                break;
+            }
+            let Some((t, ev)) = self.net.queue.pop() else {
+                break;
+            };
+            let job = self.plan(t, ev);
+            self.jobs.push(job);
+        }
+    }
+
+    /// Whether an event at `node` at `t` cannot join the current batch.
+    fn conflicts(&self, node: u32, t: Time) -> bool {
+        self.jobs.iter().any(|j| {
+            j.node == node
+                || !self.net.topo.separated(
+                    j.node as usize,
+                    node as usize,
+                    Duration(t.0 - j.time.0),
+                )
+        })
+    }
+
+    /// Run the formed batch, spread over the pool's threads, and apply its
+    /// outputs in pop order.
+    fn run_batch<O: Observer<E, T>>(&mut self, obs: &mut O) {
+        let mut jobs = std::mem::take(&mut self.jobs);
+        let n = jobs.len();
+        self.net.stats.events += n as u64;
+        self.net.stats.batches += 1;
+        let strict = self.net.cfg.strict_drain;
+        let mut pool = self.pool.take();
+        let workers = match &pool {
+            Some(p) if n >= MIN_PARALLEL => p.workers(),
+            _ => 0,
+        };
+        // The calling thread takes the first jobs and applies them while
+        // the workers run the rest; it gets a little less than an equal
+        // share, since applying outputs is its work alone.
+        let mine = if workers == 0 {
+            n
+        } else {
+            self.net.stats.parallel_batches += 1;
+            (n * 9 / (10 * (workers + 1))).max(1)
+        };
+        let mut bounds = Vec::new();
+        if let Some(p) = pool.as_mut() {
+            let per = (n - mine).div_ceil(workers.max(1));
+            let mut from = n;
+            for w in (0..workers).rev() {
+                let lo = mine + (per * w).min(n - mine);
+                let mut chunk = p.buffer(w);
+                chunk.extend(jobs.drain(lo..from));
+                for j in &mut chunk {
+                    if j.input.is_some() {
+                        j.engine = self.engines[j.node as usize].take();
+                    }
+                }
+                p.start(w, chunk);
+                bounds.push(w);
+                from = lo;
+            }
+        }
+        for k in 0..jobs.len() {
+            if let Some(ahead) = jobs.get(k + AHEAD) {
+                ahead.prefetch(self.engines[ahead.node as usize].as_deref());
+            }
+            let job = &mut jobs[k];
+            if job.input.is_some()
+                && let Some(engine) = self.engines[job.node as usize].as_deref_mut()
+            {
+                job.execute(engine, strict);
+            }
+        }
+        for job in jobs.drain(..) {
+            self.merge(job, obs);
+        }
+        if let Some(p) = pool.as_mut() {
+            for &w in bounds.iter().rev() {
+                let mut chunk = p.finish(w);
+                for job in chunk.drain(..) {
+                    self.merge(job, obs);
+                }
+                p.give_back(w, chunk);
+            }
+        }
+        self.pool = pool;
+        self.jobs = jobs;
+    }
+
+    /// What an event asks of the simulator and of its node's engine, as of
+    /// the node's current bookkeeping.
+    fn plan(&mut self, t: Time, ev: Ev) -> Job<E> {
+        let out = self.spare_out.pop().unwrap_or_default();
+        let (node, effect, input) = match ev {
+            Ev::Datagram { from, to, bytes } => {
+                if self.meta[to as usize].alive {
+                    let from = addr_of(from as usize);
+                    (to, Effect::Delivered, Input::Datagram { from, bytes })
+                } else {
+                    (to, Effect::DroppedDead, Input::None)
+                }
+            }
+            Ev::Stream { from, to, bytes } => {
+                if self.meta[to as usize].alive {
+                    let from_addr = addr_of(from as usize);
+                    (
+                        to,
+                        Effect::Delivered,
+                        Input::Stream {
+                            from: from_addr,
+                            bytes,
+                        },
+                    )
+                } else {
+                    (to, Effect::StreamToDead { from }, Input::None)
+                }
+            }
+            Ev::Unreachable { node, peer } => {
+                let input = if self.meta[node as usize].alive {
+                    Input::Unreachable {
+                        peer: addr_of(peer as usize),
+                    }
+                } else {
+                    Input::None
+                };
+                (node, Effect::Unreachable, input)
+            }
+            Ev::Timer { node } => {
+                let meta = &self.meta[node as usize];
+                if !meta.alive || meta.armed != t.0 {
+                    (node, Effect::StaleTimer, Input::None)
+                } else if meta.deadline <= t.0 {
+                    (node, Effect::Fired, Input::Timeout)
+                } else {
+                    // The deadline moved later since this entry was pushed.
+                    (node, Effect::Rearm, Input::None)
+                }
+            }
+            Ev::Action(_) => unreachable!("actions are not planned"),
+        };
+        Job::new(t, node, effect, input, out)
+    }
+
+    /// Apply a job: the simulator's side of its event, then (if its engine
+    /// ran) its outputs in poll order and its next deadline.
+    fn merge<O: Observer<E, T>>(&mut self, mut job: Job<E>, obs: &mut O) {
+        let i = job.node as usize;
+        let t = job.time;
+        self.net.now = t;
+        if let Some(e) = job.engine.take() {
+            self.engines[i] = Some(e);
+        }
+        let net = &mut self.net;
+        let meta = &mut self.meta[i];
+        match job.effect {
+            Effect::Delivered => net.stats.delivered += 1,
+            Effect::DroppedDead => net.stats.dropped_dead += 1,
+            Effect::StreamToDead { from } => {
+                net.stats.dropped_dead += 1;
+                let at = t + net.cfg.stream_fail_after;
+                net.queue.push(
+                    at,
+                    Ev::Unreachable {
+                        node: from,
+                        peer: job.node,
+                    },
+                );
+            }
+            Effect::Unreachable => net.stats.unreachable_signals += 1,
+            Effect::StaleTimer => net.stats.stale_timers += 1,
+            Effect::Fired => {
+                meta.armed = u64::MAX;
+                net.stats.timeouts_fired += 1;
+            }
+            Effect::Rearm => {
+                meta.armed = u64::MAX;
+                arm(net, meta, i, false);
+            }
+            Effect::Call => {}
+        }
+        if job.ran {
+            for o in job.out.drain(..) {
+                match o {
+                    Output::Transmit(tx) => {
+                        obs.on_transmit(t, i, &tx);
+                        send(net, i, tx);
+                    }
+                    Output::Event(ev) => {
+                        net.stats.engine_events += 1;
+                        obs.on_event(t, i, ev);
+                    }
+                }
+            }
+            net.stats.drain_violations += u64::from(job.violations);
+            if let Some(msg) = job.strict_violation.take() {
+                panic!("{msg}");
+            }
+            meta.deadline = job.deadline;
+            arm(net, meta, i, matches!(job.effect, Effect::Fired));
+        }
+        self.spare_out.push(job.out);
     }
 
     /// Start loading what the next few events will touch: their nodes'
@@ -335,10 +659,6 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// L3 cache, see BENCHMARKS.md). A hint only: nothing it touches
     /// changes.
     fn prefetch_upcoming(&self) {
-        /// Events fetched ahead: fewer overlap less, more evict each other
-        /// (3 and 4 measured best at 30k nodes).
-        const AHEAD: usize = 3;
-        let lines = std::mem::size_of::<Option<E>>().div_ceil(64);
         for ev in self.net.queue.upcoming(AHEAD) {
             let (node, bytes) = match ev {
                 Ev::Datagram { to, bytes, .. } | Ev::Stream { to, bytes, .. } => (*to, Some(bytes)),
@@ -346,9 +666,8 @@ impl<E: Engine, T: Topology> Sim<E, T> {
                 Ev::Action(_) => continue,
             };
             let i = node as usize;
-            let base: *const u8 = (&raw const self.engines[i]).cast();
-            for l in 0..lines {
-                prefetch(base.wrapping_add(l * 64));
+            if let Some(e) = self.engines[i].as_deref() {
+                prefetch_struct(e);
             }
             prefetch((&raw const self.meta[i]).cast());
             if let Some(b) = bytes {
@@ -361,69 +680,6 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     pub fn run_for<O: Observer<E, T>>(&mut self, span: Duration, obs: &mut O) -> bool {
         let limit = self.net.now + span;
         self.run_until(limit, obs)
-    }
-
-    fn dispatch<O: Observer<E, T>>(&mut self, t: Time, ev: Ev, obs: &mut O) {
-        match ev {
-            Ev::Datagram { from, to, bytes } => {
-                if self.meta[to as usize].alive {
-                    self.net.stats.delivered += 1;
-                    let from = addr_of(from as usize);
-                    self.call(to as usize, obs, |e, now| {
-                        e.handle_datagram(now, from, bytes)
-                    });
-                } else {
-                    self.net.stats.dropped_dead += 1;
-                }
-            }
-            Ev::Stream { from, to, bytes } => {
-                if self.meta[to as usize].alive {
-                    self.net.stats.delivered += 1;
-                    let from = addr_of(from as usize);
-                    self.call(to as usize, obs, |e, now| {
-                        e.handle_stream_message(now, from, bytes)
-                    });
-                } else {
-                    self.net.stats.dropped_dead += 1;
-                    let at = t + self.net.cfg.stream_fail_after;
-                    self.net.queue.push(
-                        at,
-                        Ev::Unreachable {
-                            node: from,
-                            peer: to,
-                        },
-                    );
-                }
-            }
-            Ev::Unreachable { node, peer } => {
-                self.net.stats.unreachable_signals += 1;
-                let peer = addr_of(peer as usize);
-                self.call(node as usize, obs, |e, now| {
-                    e.handle_peer_unreachable(now, peer)
-                });
-            }
-            Ev::Timer { node } => {
-                let i = node as usize;
-                let meta = &mut self.meta[i];
-                if !meta.alive || meta.armed != t.0 {
-                    self.net.stats.stale_timers += 1;
-                    return;
-                }
-                meta.armed = u64::MAX;
-                if meta.deadline <= t.0 {
-                    self.net.stats.timeouts_fired += 1;
-                    // alive and armed imply started.
-                    let engine = self.engines[i].as_mut().expect("armed node has an engine");
-                    engine.prefetch();
-                    engine.handle_timeout(t);
-                    drain(&mut self.net, meta, engine, i, obs, true);
-                } else {
-                    // The deadline moved later since this entry was pushed.
-                    arm(&mut self.net, meta, i, false);
-                }
-            }
-            Ev::Action(a) => self.act(a, obs),
-        }
     }
 
     fn act<O: Observer<E, T>>(&mut self, a: Action, obs: &mut O) {
@@ -447,52 +703,158 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     }
 }
 
-/// Drain node `i` after a call into it: route its transmits into the
-/// network, hand its events to the observer, check that both polls stay
-/// empty, then re-arm its timer.
-fn drain<E: Engine, T: Topology, O: Observer<E, T>>(
-    net: &mut Net<T>,
-    meta: &mut Meta,
-    engine: &mut E,
-    i: usize,
-    obs: &mut O,
-    after_timeout: bool,
-) {
-    let now = net.now;
-    loop {
-        while let Some(t) = engine.poll_transmit() {
-            obs.on_transmit(now, i, &t);
-            send(net, i, t);
-        }
-        while let Some(ev) = engine.poll_event() {
-            net.stats.engine_events += 1;
-            obs.on_event(now, i, ev);
-        }
-        let late_t = engine.poll_transmit();
-        let late_e = engine.poll_event();
-        if late_t.is_none() && late_e.is_none() {
-            break;
-        }
-        net.stats.drain_violations += 1;
-        assert!(
-            !net.cfg.strict_drain,
-            "drain violation at node {i}: a poll returned Some after None \
-             (transmit: {}, event: {:?})",
-            late_t.is_some(),
-            late_e
-        );
-        if let Some(t) = late_t {
-            obs.on_transmit(now, i, &t);
-            send(net, i, t);
-        }
-        if let Some(ev) = late_e {
-            net.stats.engine_events += 1;
-            obs.on_event(now, i, ev);
+/// What a job asks of its engine.
+pub(crate) enum Input {
+    /// Nothing (the event is the simulator's alone), or already done.
+    None,
+    Datagram {
+        from: PeerAddr,
+        bytes: Bytes,
+    },
+    Stream {
+        from: PeerAddr,
+        bytes: Bytes,
+    },
+    Unreachable {
+        peer: PeerAddr,
+    },
+    Timeout,
+}
+
+impl Input {
+    pub(crate) fn is_some(&self) -> bool {
+        !matches!(self, Input::None)
+    }
+}
+
+/// The simulator's side of an event, applied when its job is merged.
+#[derive(Clone, Copy)]
+enum Effect {
+    Delivered,
+    DroppedDead,
+    StreamToDead {
+        from: u32,
+    },
+    Unreachable,
+    StaleTimer,
+    Fired,
+    Rearm,
+    /// A call from outside the run loop (`Sim::call`).
+    Call,
+}
+
+/// Something an engine produced, kept in the order it was polled.
+pub(crate) enum Output {
+    Transmit(SimTransmit),
+    Event(SimEvent),
+}
+
+/// One event of a batch: what it asks of its engine, and, once run, what
+/// the engine produced. Runs on any thread; applied on the simulator's.
+pub(crate) struct Job<E> {
+    time: Time,
+    pub(crate) node: u32,
+    effect: Effect,
+    input: Input,
+    /// The node's engine while a worker thread runs the job.
+    pub(crate) engine: Option<Box<E>>,
+    /// Whether the engine was called (its outputs and deadline apply).
+    ran: bool,
+    out: Vec<Output>,
+    violations: u32,
+    /// The panic message of a drain violation under `strict_drain`.
+    strict_violation: Option<String>,
+    deadline: u64,
+}
+
+impl<E: Engine> Job<E> {
+    fn new(time: Time, node: u32, effect: Effect, input: Input, out: Vec<Output>) -> Self {
+        Job {
+            time,
+            node,
+            effect,
+            input,
+            engine: None,
+            ran: false,
+            out,
+            violations: 0,
+            strict_violation: None,
+            deadline: u64::MAX,
         }
     }
-    engine.release_idle_memory();
-    meta.deadline = engine.poll_timeout().map_or(u64::MAX, |t| t.0);
-    arm(net, meta, i, after_timeout);
+
+    /// Hand the input to `engine` and collect what it produces.
+    pub(crate) fn execute(&mut self, engine: &mut E, strict: bool) {
+        let now = self.time;
+        engine.prefetch();
+        match std::mem::replace(&mut self.input, Input::None) {
+            Input::None => return,
+            Input::Datagram { from, bytes } => engine.handle_datagram(now, from, bytes),
+            Input::Stream { from, bytes } => engine.handle_stream_message(now, from, bytes),
+            Input::Unreachable { peer } => engine.handle_peer_unreachable(now, peer),
+            Input::Timeout => engine.handle_timeout(now),
+        }
+        self.collect(engine, strict);
+    }
+
+    /// Drain `engine` after a call into it: poll transmits and events until
+    /// both are empty, counting a poll that returns `Some` after `None` as
+    /// a drain violation; then read its next deadline.
+    fn collect(&mut self, engine: &mut E, strict: bool) {
+        self.ran = true;
+        loop {
+            while let Some(t) = engine.poll_transmit() {
+                self.out.push(Output::Transmit(t));
+            }
+            while let Some(ev) = engine.poll_event() {
+                self.out.push(Output::Event(ev));
+            }
+            let late_t = engine.poll_transmit();
+            let late_e = engine.poll_event();
+            if late_t.is_none() && late_e.is_none() {
+                break;
+            }
+            self.violations += 1;
+            if strict && self.strict_violation.is_none() {
+                self.strict_violation = Some(format!(
+                    "drain violation at node {}: a poll returned Some after None \
+                     (transmit: {}, event: {:?})",
+                    self.node,
+                    late_t.is_some(),
+                    late_e
+                ));
+            }
+            self.out.extend(late_t.map(Output::Transmit));
+            self.out.extend(late_e.map(Output::Event));
+        }
+        engine.release_idle_memory();
+        self.deadline = engine.poll_timeout().map_or(u64::MAX, |t| t.0);
+    }
+
+    /// Start fetching what running this job will touch (`engine`: where
+    /// its engine is, if not in the job).
+    pub(crate) fn prefetch(&self, engine: Option<&E>) {
+        if let Some(e) = self.engine.as_deref().or(engine) {
+            prefetch_struct(e);
+        }
+        if let Input::Datagram { bytes, .. } | Input::Stream { bytes, .. } = &self.input {
+            prefetch(bytes.as_ptr());
+        }
+    }
+}
+
+/// Runs the tail of a batch on other threads (see [`crate::pool`]).
+pub(crate) trait Executor<E> {
+    /// Number of worker threads.
+    fn workers(&self) -> usize;
+    /// An empty job buffer for worker `w`.
+    fn buffer(&mut self, w: usize) -> Vec<Job<E>>;
+    /// Hand `jobs` to worker `w`.
+    fn start(&mut self, w: usize, jobs: Vec<Job<E>>);
+    /// Wait for worker `w` and take back its jobs, run.
+    fn finish(&mut self, w: usize) -> Vec<Job<E>>;
+    /// Keep an emptied buffer for worker `w`'s next batch.
+    fn give_back(&mut self, w: usize, jobs: Vec<Job<E>>);
 }
 
 /// Push a timer entry if the node's deadline is earlier than what is armed.
@@ -596,4 +958,13 @@ pub(crate) fn prefetch(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Prefetch every cache line of `v`.
+#[inline(always)]
+fn prefetch_struct<V>(v: &V) {
+    let base: *const u8 = (v as *const V).cast();
+    for l in 0..std::mem::size_of::<V>().div_ceil(64) {
+        prefetch(base.wrapping_add(l * 64));
+    }
 }

@@ -32,6 +32,18 @@ pub trait Topology {
     }
     /// Short name for reports (`plane`, `transit-stub`).
     fn name(&self) -> &'static str;
+    /// Whether nothing sent by `a` at some time can reach `b`, directly or
+    /// relayed by any hosts, within `gap` of it: what lets the simulator
+    /// run an event at `b` that is `gap` later than one at `a` in the same
+    /// batch (see `Sim::set_batching`). Must never say yes wrongly.
+    ///
+    /// The default asks for a direct latency above twice the gap (plus
+    /// 1 µs): relays cannot beat the direct path by more than latency
+    /// rounding, which a chain of hops of at least 1 µs each cannot
+    /// accumulate to half of it.
+    fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
+        self.latency(a, b).0 > 2 * gap.0 + 1
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -72,6 +84,18 @@ impl Topology for Plane {
         // (dx², dy²) are identical in both directions, so this is symmetric.
         let us = ((dx * dx + dy * dy).sqrt() * PLANE_US_PER_UNIT).round() as u64;
         Duration(us.max(1))
+    }
+    /// The default's rule without the square root: the exact distance
+    /// must be at least `(2 gap + 1.5) µs`, which makes the rounded latency
+    /// exceed `2 gap + 1`.
+    #[inline]
+    fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
+        let (xa, ya) = self.pos[a];
+        let (xb, yb) = self.pos[b];
+        let (dx, dy) = (xa - xb, ya - yb);
+        let need = (2 * gap.0) as f64 + 1.5;
+        let per = PLANE_US_PER_UNIT;
+        (dx * dx + dy * dy) * (per * per) >= need * need
     }
     fn as_of(&self, _i: usize) -> Option<u32> {
         None
@@ -391,6 +415,14 @@ impl Topology for TransitStub {
             u64::from(self.dist[ra * self.routers + rb]) + 2 * u64::from(self.params.access_us),
         )
     }
+    /// Router distances are shortest paths and every relay adds two access
+    /// links, so no relayed path beats the direct latency: it only has to
+    /// exceed the gap, and every pair of hosts is at least two access links
+    /// apart (the common case, decided without reading the distance table).
+    #[inline]
+    fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
+        a != b && (2 * u64::from(self.params.access_us) > gap.0 || self.latency(a, b) > gap)
+    }
     fn as_of(&self, i: usize) -> Option<u32> {
         Some(self.router_as(self.router_of(i)))
     }
@@ -443,6 +475,13 @@ impl Topology for AnyTopology {
         match self {
             AnyTopology::Plane(t) => t.latency(a, b),
             AnyTopology::TransitStub(t) => t.latency(a, b),
+        }
+    }
+    #[inline]
+    fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
+        match self {
+            AnyTopology::Plane(t) => t.separated(a, b, gap),
+            AnyTopology::TransitStub(t) => t.separated(a, b, gap),
         }
     }
     fn as_of(&self, i: usize) -> Option<u32> {
