@@ -164,6 +164,9 @@ impl<E: Engine + Send + 'static> Executor<E> for Pool<E> {
     fn start(&mut self, w: usize, jobs: Vec<Job<E>>) {
         self.workers[w].to.put(Some(jobs));
     }
+    fn ready(&self, w: usize) -> bool {
+        self.workers[w].from.ready.load(Ordering::Acquire)
+    }
     fn finish(&mut self, w: usize) -> Vec<Job<E>> {
         match self.workers[w].from.take() {
             Ok(jobs) => jobs,

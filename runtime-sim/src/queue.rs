@@ -186,6 +186,30 @@ impl<T> EventQueue<T> {
         Some((Time(e.time), &e.item))
     }
 
+    /// Remove the earliest item, with its sequence number (for
+    /// [`EventQueue::restore`]).
+    pub fn pop_entry(&mut self) -> Option<(Time, u64, T)> {
+        let e = match self.head_is_early()? {
+            true => self.early.pop()?.0,
+            false => self.zero.pop_front()?,
+        };
+        self.len -= 1;
+        Some((Time(e.time), e.seq, e.item))
+    }
+
+    /// Put back an item taken by [`EventQueue::pop_entry`]: it pops again
+    /// exactly where it would have, by its time and original sequence
+    /// number.
+    pub fn restore(&mut self, time: Time, seq: u64, item: T) {
+        debug_assert!(seq < self.next_seq);
+        self.early.push(Early(Entry {
+            time: time.0,
+            seq,
+            item,
+        }));
+        self.len += 1;
+    }
+
     /// Remove and return the earliest item.
     pub fn pop(&mut self) -> Option<(Time, T)> {
         let e = match self.head_is_early()? {
@@ -413,6 +437,23 @@ mod tests {
                 reference.first().map(|r| r.0)
             });
         }
+    }
+
+    #[test]
+    fn restored_items_pop_where_they_were() {
+        let mut q = EventQueue::new();
+        for (t, v) in [(5, "a"), (5, "b"), (9, "c"), (7, "d"), (5, "e")] {
+            q.push(Time(t), v);
+        }
+        let (t, seq, v) = q.pop_entry().unwrap();
+        assert_eq!((t, v), (Time(5), "a"));
+        let (t2, seq2, v2) = q.pop_entry().unwrap();
+        assert_eq!(v2, "b");
+        q.push(Time(6), "f");
+        q.restore(t2, seq2, v2);
+        q.restore(t, seq, v);
+        let order: Vec<_> = core::iter::from_fn(|| q.pop().map(|(_, v)| v)).collect();
+        assert_eq!(order, vec!["a", "b", "e", "f", "d", "c"]);
     }
 
     #[test]

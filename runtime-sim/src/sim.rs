@@ -166,6 +166,8 @@ struct Net<T> {
 
 /// Events run together at most (see [`Sim::set_batching`]).
 const MAX_BATCH: usize = 96;
+/// Events a batch may defer (see `Sim::form_batch`).
+const MAX_DEFERRED: usize = 32;
 /// Batches smaller than this run on the calling thread only.
 const MIN_PARALLEL: usize = 6;
 /// Jobs whose memory a thread starts fetching ahead of the one it runs.
@@ -181,10 +183,15 @@ pub struct Sim<E, T> {
     batching: bool,
     /// The batch being formed or run, in pop order.
     jobs: Vec<Job<E>>,
+    /// While a batch is formed: node and time of each event taken so far,
+    /// run or deferred.
+    span: Vec<(u32, Time)>,
     /// Output buffers of finished jobs, for reuse.
     spare_out: Vec<Vec<Output>>,
     /// Worker threads (see [`Sim::set_threads`]).
     pool: Option<Box<dyn Executor<E>>>,
+    /// Per mille of a batch the calling thread runs itself.
+    main_share: u32,
 }
 
 impl<E: Engine, T: Topology> Sim<E, T> {
@@ -221,8 +228,10 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             },
             batching: false,
             jobs: Vec::with_capacity(MAX_BATCH),
+            span: Vec::with_capacity(MAX_BATCH + MAX_DEFERRED),
             spare_out: Vec::new(),
             pool: None,
+            main_share: 400,
         }
     }
 
@@ -433,8 +442,16 @@ impl<E: Engine, T: Topology> Sim<E, T> {
 
     /// Pop the next batch (at least one event, none an action) into
     /// `self.jobs`.
+    ///
+    /// An event at a node that already has one in the batch cannot run in
+    /// it, but it need not end the batch either: it is *deferred* (taken
+    /// out of the queue and put back afterwards with its sequence number,
+    /// so it pops exactly where it would have) and blocks its node for the
+    /// rest of the batch. Since it will run after later members, it must be
+    /// separated from them like a member.
     fn form_batch(&mut self, limit: Time) {
-        debug_assert!(self.jobs.is_empty());
+        debug_assert!(self.jobs.is_empty() && self.span.is_empty());
+        let mut deferred: SmallVec<[(Time, u64, Ev); MAX_DEFERRED]> = SmallVec::new();
         while self.jobs.len() < MAX_BATCH {
             let Some((t, ev)) = self.net.queue.peek() else {
                 break;
@@ -444,27 +461,49 @@ impl<E: Engine, T: Topology> Sim<E, T> {
                 Ev::Timer { node } | Ev::Unreachable { node, .. } => *node,
                 Ev::Action(_) => break,
             };
-            if t > limit || self.conflicts(node, t) {
+            if t > limit {
                 break;
             }
-            let Some((t, ev)) = self.net.queue.pop() else {
+            let Some(blocked) = self.fits(node, t) else {
                 break;
             };
-            let job = self.plan(t, ev);
-            self.jobs.push(job);
+            if blocked && deferred.len() == MAX_DEFERRED {
+                break;
+            }
+            let Some((t, seq, ev)) = self.net.queue.pop_entry() else {
+                break;
+            };
+            self.span.push((node, t));
+            if blocked {
+                deferred.push((t, seq, ev));
+            } else {
+                let job = self.plan(t, ev);
+                self.jobs.push(job);
+            }
         }
+        for (t, seq, ev) in deferred {
+            self.net.queue.restore(t, seq, ev);
+        }
+        self.span.clear();
     }
 
-    /// Whether an event at `node` at `t` cannot join the current batch.
-    fn conflicts(&self, node: u32, t: Time) -> bool {
-        self.jobs.iter().any(|j| {
-            j.node == node
-                || !self.net.topo.separated(
-                    j.node as usize,
-                    node as usize,
-                    Duration(t.0 - j.time.0),
-                )
-        })
+    /// Whether an event at `node` at `t` can join the batch formed so far:
+    /// `None` if some event of it (run or deferred) is too near in latency,
+    /// else whether `node` already has one (the event must be deferred).
+    fn fits(&self, node: u32, t: Time) -> Option<bool> {
+        let mut blocked = false;
+        for &(m, tm) in &self.span {
+            if m == node {
+                blocked = true;
+            } else if !self
+                .net
+                .topo
+                .separated(m as usize, node as usize, Duration(t.0 - tm.0))
+            {
+                return None;
+            }
+        }
+        Some(blocked)
     }
 
     /// Run the formed batch, spread over the pool's threads, and apply its
@@ -481,13 +520,15 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             _ => 0,
         };
         // The calling thread takes the first jobs and applies them while
-        // the workers run the rest; it gets a little less than an equal
-        // share, since applying outputs is its work alone.
+        // the workers run the rest. Applying outputs is its work alone, so
+        // its share adapts: smaller when the workers were done before it
+        // got to them, larger when it had to wait. (Timing decides only
+        // who runs a job, never what the job does.)
         let mine = if workers == 0 {
             n
         } else {
             self.net.stats.parallel_batches += 1;
-            (n * 9 / (10 * (workers + 1))).max(1)
+            (n * self.main_share as usize / 1000).clamp(1, n - 1)
         };
         let mut bounds = Vec::new();
         if let Some(p) = pool.as_mut() {
@@ -522,6 +563,14 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             self.merge(job, obs);
         }
         if let Some(p) = pool.as_mut() {
+            if let Some(&last) = bounds.first() {
+                let waited = !p.ready(last);
+                self.main_share = if waited {
+                    (self.main_share + 10).min(900)
+                } else {
+                    self.main_share.saturating_sub(10).max(50)
+                };
+            }
             for &w in bounds.iter().rev() {
                 let mut chunk = p.finish(w);
                 for job in chunk.drain(..) {
@@ -851,6 +900,8 @@ pub(crate) trait Executor<E> {
     fn buffer(&mut self, w: usize) -> Vec<Job<E>>;
     /// Hand `jobs` to worker `w`.
     fn start(&mut self, w: usize, jobs: Vec<Job<E>>);
+    /// Whether worker `w` has finished its jobs (`finish` will not wait).
+    fn ready(&self, w: usize) -> bool;
     /// Wait for worker `w` and take back its jobs, run.
     fn finish(&mut self, w: usize) -> Vec<Job<E>>;
     /// Keep an emptied buffer for worker `w`'s next batch.
