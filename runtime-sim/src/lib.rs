@@ -12,7 +12,8 @@
 //! * [`engine`]: the [`Engine`](engine::Engine) trait the simulator drives;
 //!   [`fake`] is a trivial engine for testing the machinery; `alm_core::Node`
 //!   implements it in `alm`.
-//! * [`sim`]: the simulator proper.
+//! * [`sim`]: the simulator proper; `pool` runs batches of independent
+//!   events on worker threads.
 //! * [`build`]: building an overlay by joins, shared by the experiments.
 //! * [`pastry`]: the Pastry lookup experiment behind `alm-sim pastry`.
 //! * [`scribe`]: the Scribe multicast experiment behind `alm-sim scribe`.

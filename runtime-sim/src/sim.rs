@@ -11,6 +11,13 @@
 //! order, and every random draw comes from a seeded [`Rng`]. Nothing iterates
 //! a hash map.
 //!
+//! Batches (opt-in, [`Sim::set_batching`], [`Sim::set_threads`]): runs of
+//! causally independent events whose engines run together, possibly on
+//! several threads, with the outputs applied in pop order afterwards; an
+//! event becomes a `Job` (`plan`), its engine runs it on any thread
+//! (`Job::execute`), and `merge` applies it. Without batching every event
+//! is a batch of one, applied as soon as it ran.
+//!
 //! Timers: each node has one *deadline* (its latest `poll_timeout`) and at
 //! most one *armed* heap entry that matters. A heap entry whose time is not
 //! the node's armed time is stale and skipped; when the armed entry fires but
