@@ -29,7 +29,7 @@
 use crate::addr::{addr_of, index_of};
 use crate::engine::{Engine, SimChannel, SimEvent, SimTransmit};
 use crate::queue::EventQueue;
-use crate::topology::Topology;
+use crate::topology::{Span, Topology};
 use alm_core::{Duration, Key, PeerAddr, Rng, Time};
 use bytes::Bytes;
 use smallvec::SmallVec;
@@ -190,9 +190,8 @@ pub struct Sim<E, T> {
     batching: bool,
     /// The batch being formed or run, in pop order.
     jobs: Vec<Job<E>>,
-    /// While a batch is formed: node and time of each event taken so far,
-    /// run or deferred.
-    span: Vec<(u32, Time)>,
+    /// While a batch is formed: the events taken so far, run or deferred.
+    span: Span,
     /// Output buffers of finished jobs, for reuse.
     spare_out: Vec<Vec<Output>>,
     /// Worker threads (see [`Sim::set_threads`]).
@@ -235,7 +234,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             },
             batching: false,
             jobs: Vec::with_capacity(MAX_BATCH),
-            span: Vec::with_capacity(MAX_BATCH + MAX_DEFERRED),
+            span: Span::default(),
             spare_out: Vec::new(),
             pool: None,
             main_share: 400,
@@ -480,7 +479,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             let Some((t, seq, ev)) = self.net.queue.pop_entry() else {
                 break;
             };
-            self.span.push((node, t));
+            self.net.topo.span_push(&mut self.span, node as usize, t);
             if blocked {
                 deferred.push((t, seq, ev));
             } else {
@@ -498,19 +497,11 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// `None` if some event of it (run or deferred) is too near in latency,
     /// else whether `node` already has one (the event must be deferred).
     fn fits(&self, node: u32, t: Time) -> Option<bool> {
-        let mut blocked = false;
-        for &(m, tm) in &self.span {
-            if m == node {
-                blocked = true;
-            } else if !self
-                .net
-                .topo
-                .separated(m as usize, node as usize, Duration(t.0 - tm.0))
-            {
-                return None;
-            }
-        }
-        Some(blocked)
+        let node = node as usize;
+        self.net
+            .topo
+            .separated_from(&self.span, node, t)
+            .then(|| self.span.contains(node))
     }
 
     /// Run the formed batch, spread over the pool's threads, and apply its

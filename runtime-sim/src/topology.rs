@@ -15,7 +15,7 @@
 //! from a seed and is symmetric: `latency(a, b) == latency(b, a)`, and positive
 //! for `a != b`.
 
-use alm_core::{Duration, Rng};
+use alm_core::{Duration, Rng, Time};
 use core::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -43,6 +43,62 @@ pub trait Topology {
     /// accumulate to half of it.
     fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
         self.latency(a, b).0 > 2 * gap.0 + 1
+    }
+    /// Record an event at host `a` at `t` in a batch's `span` (a model
+    /// may keep more of `a` there for [`Topology::separated_from`]).
+    fn span_push(&self, span: &mut Span, a: usize, t: Time) {
+        span.push(a, t);
+    }
+    /// Whether host `b` at `t` is [`separated`](Topology::separated) from
+    /// every event of `span` at another host (events at `b` itself are the
+    /// simulator's business). Called for every event a batch considers,
+    /// against all the batch so far: models override it to answer in bulk.
+    fn separated_from(&self, span: &Span, b: usize, t: Time) -> bool {
+        let b32 = b as u32;
+        span.nodes
+            .iter()
+            .zip(&span.times)
+            .all(|(&a, &ta)| a == b32 || self.separated(a as usize, b, Duration(t.0 - ta as u64)))
+    }
+}
+
+/// The events of a batch being formed: host and time of each, plus what a
+/// model keeps for [`Topology::separated_from`] (the plane: coordinates).
+/// Columns, so that the checks against all of them vectorise.
+#[derive(Clone, Debug, Default)]
+pub struct Span {
+    nodes: Vec<u32>,
+    /// Event times in µs (exact in an f64 up to 2^53 µs, 285 years).
+    times: Vec<f64>,
+    xs: Vec<f64>,
+    ys: Vec<f64>,
+}
+
+impl Span {
+    fn push(&mut self, a: usize, t: Time) {
+        self.nodes.push(a as u32);
+        self.times.push(t.0 as f64);
+    }
+    /// Whether some event of the span is at host `a`.
+    pub fn contains(&self, a: usize) -> bool {
+        let a = a as u32;
+        self.nodes.iter().fold(false, |hit, &n| hit | (n == a))
+    }
+    /// Time of the first event (`None` if empty).
+    fn first(&self) -> Option<f64> {
+        self.times.first().copied()
+    }
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+        self.times.clear();
+        self.xs.clear();
+        self.ys.clear();
     }
 }
 
@@ -96,6 +152,29 @@ impl Topology for Plane {
         let need = (2 * gap.0) as f64 + 1.5;
         let per = PLANE_US_PER_UNIT;
         (dx * dx + dy * dy) * (per * per) >= need * need
+    }
+    fn span_push(&self, span: &mut Span, a: usize, t: Time) {
+        span.push(a, t);
+        let (x, y) = self.pos[a];
+        span.xs.push(x);
+        span.ys.push(y);
+    }
+    /// `separated` against the whole span at once, branch-free over its
+    /// columns (same arithmetic, so the same answers).
+    fn separated_from(&self, span: &Span, b: usize, t: Time) -> bool {
+        let (xb, yb) = self.pos[b];
+        let (b32, tb) = (b as u32, t.0 as f64);
+        let per2 = PLANE_US_PER_UNIT * PLANE_US_PER_UNIT;
+        let mut near = false;
+        let n = span.nodes.len();
+        let (nodes, times) = (&span.nodes[..n], &span.times[..n]);
+        let (xs, ys) = (&span.xs[..n], &span.ys[..n]);
+        for k in 0..n {
+            let (dx, dy) = (xs[k] - xb, ys[k] - yb);
+            let need = 2.0 * (tb - times[k]) + 1.5;
+            near |= (nodes[k] != b32) & ((dx * dx + dy * dy) * per2 < need * need);
+        }
+        !near
     }
     fn as_of(&self, _i: usize) -> Option<u32> {
         None
@@ -423,6 +502,17 @@ impl Topology for TransitStub {
     fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
         a != b && (2 * u64::from(self.params.access_us) > gap.0 || self.latency(a, b) > gap)
     }
+    /// A span shorter than two access links is separated from everything.
+    fn separated_from(&self, span: &Span, b: usize, t: Time) -> bool {
+        let access = 2 * u64::from(self.params.access_us);
+        match span.first() {
+            None => true,
+            Some(first) if t.0 - (first as u64) < access => true,
+            Some(_) => span.nodes.iter().zip(&span.times).all(|(&a, &ta)| {
+                a as usize == b || self.separated(a as usize, b, Duration(t.0 - ta as u64))
+            }),
+        }
+    }
     fn as_of(&self, i: usize) -> Option<u32> {
         Some(self.router_as(self.router_of(i)))
     }
@@ -484,6 +574,18 @@ impl Topology for AnyTopology {
             AnyTopology::TransitStub(t) => t.separated(a, b, gap),
         }
     }
+    fn span_push(&self, span: &mut Span, a: usize, t: Time) {
+        match self {
+            AnyTopology::Plane(p) => p.span_push(span, a, t),
+            AnyTopology::TransitStub(p) => p.span_push(span, a, t),
+        }
+    }
+    fn separated_from(&self, span: &Span, b: usize, t: Time) -> bool {
+        match self {
+            AnyTopology::Plane(p) => p.separated_from(span, b, t),
+            AnyTopology::TransitStub(p) => p.separated_from(span, b, t),
+        }
+    }
     fn as_of(&self, i: usize) -> Option<u32> {
         match self {
             AnyTopology::Plane(t) => t.as_of(i),
@@ -507,6 +609,43 @@ impl Topology for AnyTopology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bulk check is the pairwise rule applied to every event of the
+    /// span at another host, and the pairwise rule never admits a pair
+    /// whose latency does not exceed the gap.
+    #[test]
+    fn span_checks_agree_with_the_pairwise_rule() {
+        let mut rng = Rng::new(5);
+        for topo in [
+            AnyTopology::Plane(Plane::new(400, 1)),
+            AnyTopology::TransitStub(TransitStub::new(400, 2)),
+        ] {
+            for _ in 0..300 {
+                let mut span = Span::default();
+                let mut events = Vec::new();
+                let mut t = rng.below(1_000);
+                for _ in 0..rng.index(40) {
+                    let a = rng.index(400);
+                    topo.span_push(&mut span, a, Time(t));
+                    events.push((a, t));
+                    let step = if rng.below(3) == 0 { 4_000 } else { 60 };
+                    t += rng.below(step);
+                }
+                let b = rng.index(400);
+                let tb = t + rng.below(100);
+                let want = events
+                    .iter()
+                    .all(|&(a, ta)| a == b || topo.separated(a, b, Duration(tb - ta)));
+                assert_eq!(topo.separated_from(&span, b, Time(tb)), want);
+                assert_eq!(span.contains(b), events.iter().any(|&(a, _)| a == b));
+                for &(a, ta) in &events {
+                    if a != b && topo.separated(a, b, Duration(tb - ta)) {
+                        assert!(topo.latency(a, b).0 > tb - ta);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn plane_is_symmetric_positive_and_bounded() {
