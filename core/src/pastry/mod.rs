@@ -332,12 +332,12 @@ impl Pastry {
     /// driving many nodes from one thread (the simulator) prefetches these
     /// before handing a node its input; the pointers are never dereferenced
     /// here.
-    pub fn hot_memory(&self) -> [*const u8; 7] {
+    pub fn hot_memory(&self) -> [*const u8; 6] {
         let [a, b] = self.leaves.buffers();
-        let [c, d] = self.table.buffers();
-        let [e, f] = self.nbrs.buffers();
-        let g = self.timers.as_slice().as_ptr().cast();
-        [a, b, c, d, e, f, g]
+        let [c] = self.table.buffers();
+        let [d, e] = self.nbrs.buffers();
+        let f = self.timers.as_slice().as_ptr().cast();
+        [a, b, c, d, e, f]
     }
 
     pub fn me(&self) -> NodeHandle {
@@ -646,9 +646,7 @@ impl Pastry {
 
     /// Best RTT we know for `id`, `RTT_UNKNOWN` if none.
     fn known_rtt(&self, id: NodeId) -> u32 {
-        if let Some((r, c)) = self.table.slot(id)
-            && let Some(e) = self.table.get(r, c)
-            && e.handle.id == id
+        if let Some(e) = self.table.entry(id)
             && e.rtt != RTT_UNKNOWN
         {
             return e.rtt;
@@ -879,19 +877,39 @@ impl Pastry {
     fn request_row_from_nearby(&mut self, row: usize, rank: usize) -> bool {
         let b = self.cfg.b;
         let me = self.me.id;
-        let mut cands: SmallVec<[(u32, NodeHandle); 32]> = self
-            .table
-            .entries()
-            .filter(|e| e.rtt != RTT_UNKNOWN && me.shared_prefix_len(e.handle.id, b) >= row)
-            .map(|e| (e.rtt, e.handle))
-            .collect();
-        for h in self.nbrs.handles() {
-            if me.shared_prefix_len(h.id, b) >= row && !cands.iter().any(|(_, c)| c.id == h.id) {
-                cands.push((self.known_rtt(h.id), *h));
+        // The candidates are the measured entries of rows `row` and deeper
+        // (those sharing at least `row` digits with us) and the
+        // neighbourhood set members sharing as many, each once; ranked by
+        // (RTT, id), which no two share. Only the `rank + 1` first are
+        // kept, in order.
+        let mut best: SmallVec<[(u32, NodeHandle); 4]> = SmallVec::new();
+        let mut count: usize = 0;
+        let mut consider = |rtt: u32, h: NodeHandle| {
+            count += 1;
+            let key = (rtt, h.id);
+            let at = best.partition_point(|(r, c)| (*r, c.id) < key);
+            if at <= rank {
+                if best.len() > rank {
+                    best.pop();
+                }
+                best.insert(at, (rtt, h));
+            }
+        };
+        for e in self.table.rows_from(row) {
+            if e.rtt != RTT_UNKNOWN {
+                consider(e.rtt, e.handle);
             }
         }
-        cands.sort_unstable_by_key(|(rtt, h)| (*rtt, h.id));
-        match cands.get(rank.min(cands.len().saturating_sub(1))) {
+        for h in self.nbrs.handles() {
+            // A member in the table sits in a row of its shared prefix:
+            // seen above if measured.
+            let seen = self.table.entry(h.id).is_some_and(|e| e.rtt != RTT_UNKNOWN);
+            if me.shared_prefix_len(h.id, b) >= row && !seen {
+                consider(self.known_rtt(h.id), *h);
+            }
+        }
+        let pick = rank.min(count.saturating_sub(1));
+        match best.get(pick) {
             Some((_, h)) => {
                 let to = h.addr;
                 self.send(to, &Repr::RowRequest { row: row as u8 });
@@ -928,19 +946,34 @@ impl Pastry {
         let want = self.table.len().div_ceil(rounds);
         let slots = self.table.num_rows() * self.cfg.cols();
         let mut picked: SmallVec<[NodeHandle; 8]> = SmallVec::new();
+        // The cursor visits slots in (row, column) order, wrapping, at
+        // most `slots` of them per round; it jumps from one occupied slot
+        // to the next, and stops right after the last one picked.
         let mut scanned = 0;
         while picked.len() < want && scanned < slots {
-            let i = self.table_cursor % slots;
-            self.table_cursor = (self.table_cursor + 1) % slots;
-            scanned += 1;
-            let (row, col) = (i / self.cfg.cols(), i % self.cfg.cols());
-            if let Some(e) = self.table.get(row, col) {
-                // Heard from within half a period: as good as a pong. (Not
-                // a whole period: a node that crashes right after we heard
-                // from it must still be found within about one.)
-                if now.saturating_since(e.heard).as_micros() >= period / 2 {
-                    picked.push(e.handle);
-                }
+            let cursor = self.table_cursor;
+            let budget = slots - scanned;
+            let next = self
+                .table
+                .next_occupied(cursor)
+                .or_else(|| self.table.next_occupied(0));
+            // Slots from the cursor to the next occupied one, exclusive.
+            let gap = next.map(|(i, _)| (i + slots - cursor) % slots);
+            let (Some((i, e)), Some(gap)) = (next, gap) else {
+                self.table_cursor = (cursor + budget) % slots;
+                break;
+            };
+            if gap >= budget {
+                self.table_cursor = (cursor + budget) % slots;
+                break;
+            }
+            scanned += gap + 1;
+            self.table_cursor = (i + 1) % slots;
+            // Heard from within half a period: as good as a pong. (Not
+            // a whole period: a node that crashes right after we heard
+            // from it must still be found within about one.)
+            if now.saturating_since(e.heard).as_micros() >= period / 2 {
+                picked.push(e.handle);
             }
         }
         for h in picked {
