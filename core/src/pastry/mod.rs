@@ -443,6 +443,12 @@ impl Pastry {
     }
 
     fn ping(&mut self, now: Time, h: NodeHandle, cause: ProbeCause) {
+        self.probe(now, h, cause, RTT_UNKNOWN);
+    }
+
+    /// `ping`, from a caller that already looked up `known_rtt(h.id)`
+    /// (`RTT_UNKNOWN`: look it up here, if a ping goes out).
+    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: u32) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
             return;
         }
@@ -474,7 +480,11 @@ impl Pastry {
             ProbeCause::Liveness => &mut st.probes_liveness,
         } += 1;
         let flags = if active { PING_ACTIVE } else { 0 };
-        let rtt_hint = self.known_rtt(h.id);
+        let rtt_hint = if known == RTT_UNKNOWN {
+            self.known_rtt(h.id)
+        } else {
+            known
+        };
         self.send(
             h.addr,
             &Repr::Ping {
@@ -651,6 +661,11 @@ impl Pastry {
         {
             return e.rtt;
         }
+        self.known_rtt_off_table(id)
+    }
+
+    /// `known_rtt` for a node whose table entry, if any, is unmeasured.
+    fn known_rtt_off_table(&self, id: NodeId) -> u32 {
         let leaf = self.leaves.rtt(id);
         if leaf != RTT_UNKNOWN {
             return leaf;
@@ -709,25 +724,32 @@ impl Pastry {
         if h.id == self.me.id || h.addr == self.me.addr {
             return;
         }
+        // One table lookup serves everything below that needs the entry
+        // before the offer: `Some(its RTT)` if `h` holds its slot.
+        let held = self.table.entry(h.id).map(|e| e.rtt);
         if direct {
             self.dead.remove(&h.id);
         } else if self.dead.contains_key(&h.id)
-            || (self.table.contains(h.id) && !self.leaves.would_accept(h.id))
-            || (self.leaves.contains(h.id) && !self.table.would_probe(h.id))
+            || (held.is_some() && !self.leaves.would_accept(h.id))
         {
-            // Dead, or already known where it can matter: nothing to learn.
+            // Dead, or already known where it can matter: nothing to
+            // learn. (A table member that is also a leaf is covered: the
+            // leaf set does not "accept" a member.)
             return;
         }
-        let rtt = if rtt == RTT_UNKNOWN {
-            self.known_rtt(h.id)
-        } else {
+        let rtt = if rtt != RTT_UNKNOWN {
             self.cache_rtt(h.id, rtt);
             rtt
+        } else {
+            match held {
+                Some(r) if r != RTT_UNKNOWN => r,
+                _ => self.known_rtt_off_table(h.id),
+            }
         };
         let mut want_probe = None;
         // Leaf set: by id only.
         let heard_at = if direct { now } else { Time::ZERO };
-        if self.leaves.insert(h, heard_at) {
+        if self.leaves.insert_measured(h, heard_at, rtt) {
             self.upcalls.push_back(Upcall::LeafSetChanged);
             self.gossip_soon(now);
             if !direct && self.is_active() {
@@ -743,14 +765,10 @@ impl Pastry {
         // have many candidates per slot and carry the first, longest-lived
         // hops. Deeper rows have a handful of candidates each; the first
         // one offered is kept until a measured one displaces it.
-        let measure = self
-            .table
-            .slot(h.id)
-            .is_some_and(|(row, _)| row < self.pns_rows());
-        let offered = self.table.offer(h, rtt);
-        if direct && matches!(offered, Offer::Inserted | Offer::Replaced(_)) {
-            self.table.heard(h.id, now);
-        }
+        let measure = self.me.id.shared_prefix_len(h.id, self.cfg.b) < self.pns_rows();
+        // (With a known RTT the offer also records it if `h` ends up in
+        // the table, as newcomer or as holder.)
+        let offered = self.table.offer(h, rtt, heard_at);
         match offered {
             Offer::Inserted | Offer::Replaced(_) => {
                 self.table_changes = self.table_changes.saturating_add(1);
@@ -773,12 +791,12 @@ impl Pastry {
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
-            self.table.update_rtt(h.id, rtt);
-            self.leaves.set_rtt(h.id, rtt);
             self.nbrs.offer(h, rtt);
         }
         if let Some(cause) = want_probe {
-            self.ping(now, h, cause);
+            // Every table above now gives `rtt` as what we know of `h`.
+            debug_assert_eq!(rtt, self.known_rtt(h.id));
+            self.probe(now, h, cause, rtt);
         }
     }
 

@@ -150,8 +150,11 @@ impl RoutingTable {
         Some(&self.entries[i])
     }
 
-    /// Offer a candidate with its RTT if known.
-    pub fn offer(&mut self, handle: NodeHandle, rtt: u32) -> Offer {
+    /// Offer a candidate with its RTT if known. If it fills or takes a
+    /// slot, it is recorded as heard from at `heard` (`Time::ZERO` for a
+    /// node known only second-hand). A candidate already in its slot gets
+    /// its address and, if known, its RTT refreshed.
+    pub fn offer(&mut self, handle: NodeHandle, rtt: u32, heard: Time) -> Offer {
         let Some(bit) = self.bit_of(handle.id) else {
             return Offer::Rejected;
         };
@@ -164,14 +167,7 @@ impl RoutingTable {
                     self.entries.reserve_exact(more);
                 }
                 self.occupied[bit / 64] |= 1 << (bit % 64);
-                self.entries.insert(
-                    i,
-                    Entry {
-                        handle,
-                        rtt,
-                        heard: Time::ZERO,
-                    },
-                );
+                self.entries.insert(i, Entry { handle, rtt, heard });
                 Offer::Inserted
             }
             Ok(i) => {
@@ -186,11 +182,7 @@ impl RoutingTable {
                     Offer::NeedsRtt { holder_rtt: e.rtt }
                 } else if e.rtt == RTT_UNKNOWN || rtt < e.rtt {
                     let old = e.handle;
-                    *e = Entry {
-                        handle,
-                        rtt,
-                        heard: Time::ZERO,
-                    };
+                    *e = Entry { handle, rtt, heard };
                     Offer::Replaced(old)
                 } else {
                     Offer::Rejected
@@ -204,13 +196,6 @@ impl RoutingTable {
     fn index_of(&self, id: NodeId) -> Option<usize> {
         let i = self.find_bit(self.bit_of(id)?).ok()?;
         (self.entries[i].handle.id == id).then_some(i)
-    }
-
-    /// Record a fresh RTT for a node already in the table.
-    pub fn update_rtt(&mut self, id: NodeId, rtt: u32) {
-        if let Some(i) = self.index_of(id) {
-            self.entries[i].rtt = rtt;
-        }
     }
 
     /// A message from `id` arrived at `now`: if it is in the table, it need
@@ -323,30 +308,30 @@ mod tests {
         let mut t = RoutingTable::new(NodeId(ME), 4);
         let a = h(0x5 << 124);
         let b = h((0x5 << 124) + 7);
-        assert_eq!(t.offer(a, RTT_UNKNOWN), Offer::Inserted);
+        assert_eq!(t.offer(a, RTT_UNKNOWN, Time::ZERO), Offer::Inserted);
         assert_eq!(
-            t.offer(b, RTT_UNKNOWN),
+            t.offer(b, RTT_UNKNOWN, Time::ZERO),
             Offer::NeedsRtt {
                 holder_rtt: RTT_UNKNOWN
             }
         );
         // The unmeasured holder loses to a measured candidate.
-        assert_eq!(t.offer(b, 50), Offer::Replaced(a));
-        assert_eq!(t.offer(a, 80), Offer::Rejected);
-        assert_eq!(t.offer(a, 20), Offer::Replaced(b));
+        assert_eq!(t.offer(b, 50, Time::ZERO), Offer::Replaced(a));
+        assert_eq!(t.offer(a, 80, Time::ZERO), Offer::Rejected);
+        assert_eq!(t.offer(a, 20, Time::ZERO), Offer::Replaced(b));
         assert_eq!(t.len(), 1);
         assert_eq!(t.get(0, 5).unwrap().rtt, 20);
         assert_eq!(t.remove(b.id), None, "b is not in the table any more");
         assert_eq!(t.remove(a.id), Some((0, 5)));
         assert!(t.is_empty());
-        assert_eq!(t.offer(h(ME), 1), Offer::Rejected);
+        assert_eq!(t.offer(h(ME), 1, Time::ZERO), Offer::Rejected);
     }
 
     #[test]
     fn only_occupied_slots_are_stored_in_slot_order() {
         let mut t = RoutingTable::new(NodeId(ME), 4);
         assert_eq!(t.entries.capacity(), 0);
-        t.offer(h(ME ^ 1), 5);
+        t.offer(h(ME ^ 1), 5, Time::ZERO);
         assert_eq!(t.row(31).count(), 1);
         assert_eq!(t.entries().count(), 1);
         // Offered out of order, listed by (row, column).
@@ -357,7 +342,7 @@ mod tests {
             0x1f << 120,
             0x1235 << 112,
         ] {
-            assert_eq!(t.offer(h(id), RTT_UNKNOWN), Offer::Inserted);
+            assert_eq!(t.offer(h(id), RTT_UNKNOWN, Time::ZERO), Offer::Inserted);
         }
         let slots: Vec<(usize, usize)> =
             t.entries().map(|e| t.slot(e.handle.id).unwrap()).collect();
@@ -423,12 +408,12 @@ mod tests {
                     } else {
                         (r >> 32) as u32 % 1000
                     };
-                    let got = t.offer(h(id.0), rtt);
+                    let heard = Time::from_micros(u64::from(step % 3));
+                    let got = t.offer(h(id.0), rtt, heard);
                     let want = match t.slot(id) {
                         None => Offer::Rejected,
                         Some(slot) => match model.get_mut(&slot) {
                             None => {
-                                let heard = Time::ZERO;
                                 model.insert(
                                     slot,
                                     Entry {
@@ -451,7 +436,7 @@ mod tests {
                                 *e = Entry {
                                     handle: h(id.0),
                                     rtt,
-                                    heard: Time::ZERO,
+                                    heard,
                                 };
                                 Offer::Replaced(old)
                             }
