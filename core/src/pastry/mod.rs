@@ -919,11 +919,14 @@ impl Pastry {
             }
         }
         for h in self.nbrs.handles() {
-            // A member in the table sits in a row of its shared prefix:
-            // seen above if measured.
-            let seen = self.table.entry(h.id).is_some_and(|e| e.rtt != RTT_UNKNOWN);
-            if me.shared_prefix_len(h.id, b) >= row && !seen {
-                consider(self.known_rtt(h.id), *h);
+            if me.shared_prefix_len(h.id, b) < row {
+                continue;
+            }
+            match self.table.entry(h.id) {
+                // A member in the table sits in a row of its shared
+                // prefix: seen above if measured.
+                Some(e) if e.rtt != RTT_UNKNOWN => {}
+                _ => consider(self.known_rtt_off_table(h.id), *h),
             }
         }
         let pick = rank.min(count.saturating_sub(1));

@@ -54,6 +54,14 @@ pub struct RoutingTable {
     entries: Vec<Entry>,
 }
 
+/// Number of set bits in `words` (out of line: most lookups are of the
+/// top rows, in the first word).
+#[cold]
+#[inline(never)]
+fn ones(words: &[u64]) -> usize {
+    words.iter().map(|x| x.count_ones() as usize).sum()
+}
+
 impl RoutingTable {
     /// Address of the entry buffer (for a runtime's cache prefetch).
     pub fn buffers(&self) -> [*const u8; 1] {
@@ -96,10 +104,15 @@ impl RoutingTable {
         }
         let log_b = self.b.trailing_zeros();
         let row = x.leading_zeros() >> log_b;
-        // Digit `row` of `id` ends `128 - (row + 1)·b` bits from the right
-        // (non-negative: `row < 128 / b`).
-        let shift = 128 - ((row + 1) << log_b);
-        let col = (id.0 >> shift) as usize & ((1 << self.b) - 1);
+        // Digit `row` of `id` starts `row·b` bits from the left, within one
+        // 64-bit half (digits are 1, 2, 4 or 8 bits).
+        let skip = row << log_b;
+        let half = if skip < 64 {
+            (id.0 >> 64) as u64
+        } else {
+            id.0 as u64
+        };
+        let col = ((half << (skip % 64)) >> (64 - self.b)) as usize;
         Some(((row as usize) << self.b) | col)
     }
 
@@ -108,26 +121,34 @@ impl RoutingTable {
         self.occupied[bit / 64] >> (bit % 64) & 1 != 0
     }
 
-    /// Number of occupied slots before bitmap position `bit` (at most the
-    /// bitmap's length): the index in `entries` of that slot's entry, or
-    /// where it would go.
-    #[inline]
+    /// Number of occupied slots before bitmap position `bit` (a slot of
+    /// the table): the index in `entries` of that slot's entry, or where
+    /// it would go. The top rows (the first word, for b = 4 rows 0 to 3)
+    /// take one popcount.
+    #[inline(always)]
     fn rank(&self, bit: usize) -> usize {
+        let words = self.occupied.as_slice();
         let (w, o) = (bit / 64, bit % 64);
-        let below: u32 = self.occupied[..w].iter().map(|x| x.count_ones()).sum();
-        let within = match self.occupied.get(w) {
-            Some(x) => (x & ((1u64 << o) - 1)).count_ones(),
-            None => 0,
-        };
-        (below + within) as usize
+        let within = (words[w] & ((1u64 << o) - 1)).count_ones() as usize;
+        if w == 0 {
+            within
+        } else {
+            within + ones(&words[..w])
+        }
     }
 
     /// Index in `entries` of slot `bit`: `Ok` if occupied, else where it
     /// would go.
-    #[inline]
+    #[inline(always)]
     fn find_bit(&self, bit: usize) -> Result<usize, usize> {
         let i = self.rank(bit);
         if self.is_set(bit) { Ok(i) } else { Err(i) }
+    }
+
+    /// Index in `entries` of slot `bit` if it is occupied.
+    #[inline(always)]
+    fn occupant(&self, bit: usize) -> Option<usize> {
+        self.is_set(bit).then(|| self.rank(bit))
     }
 
     /// `find_bit` for slot (`row`, `col`); `None` for a slot outside the
@@ -145,6 +166,7 @@ impl RoutingTable {
     }
 
     /// The entry of the node `id`, if it is in the table.
+    #[inline]
     pub fn entry(&self, id: NodeId) -> Option<&Entry> {
         let i = self.index_of(id)?;
         Some(&self.entries[i])
@@ -192,14 +214,15 @@ impl RoutingTable {
     }
 
     /// Index in `entries` of the node `id`, if it is in the table.
-    #[inline]
+    #[inline(always)]
     fn index_of(&self, id: NodeId) -> Option<usize> {
-        let i = self.find_bit(self.bit_of(id)?).ok()?;
+        let i = self.occupant(self.bit_of(id)?)?;
         (self.entries[i].handle.id == id).then_some(i)
     }
 
     /// A message from `id` arrived at `now`: if it is in the table, it need
     /// not be probed for a while.
+    #[inline]
     pub fn heard(&mut self, id: NodeId, now: Time) {
         if let Some(i) = self.index_of(id) {
             self.entries[i].heard = now;
@@ -226,6 +249,7 @@ impl RoutingTable {
         }
     }
 
+    #[inline]
     pub fn contains(&self, id: NodeId) -> bool {
         self.index_of(id).is_some()
     }
