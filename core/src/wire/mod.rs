@@ -211,6 +211,20 @@ impl<'a> Reader<'a> {
         }
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
+            // IPv4 handles (all of them, in practice) in one bounds check;
+            // anything else, or too short, takes the general path and its
+            // errors.
+            if let Some((h, rest)) = self.buf.split_first_chunk::<MIN_HANDLE_LEN>()
+                && h[16] == 4
+            {
+                let id = NodeId::from_be_bytes(h[..16].try_into().expect("16 bytes"));
+                let ip = Ipv4Addr::new(h[17], h[18], h[19], h[20]);
+                let port = u16::from_be_bytes([h[21], h[22]]);
+                let addr = PeerAddr(SocketAddr::new(IpAddr::V4(ip), port));
+                v.push(NodeHandle { id, addr });
+                self.buf = rest;
+                continue;
+            }
             v.push(self.handle()?);
         }
         Ok(v)
