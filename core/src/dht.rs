@@ -1381,6 +1381,11 @@ impl Dht {
     /// only once it is not even among the nodes a new responsible node
     /// would fetch from.
     fn rereplicate(&mut self, now: Time, p: &mut Pastry, refresh: bool) {
+        if self.store.is_empty() {
+            // Nothing to push (most nodes, most of the time): skip
+            // gathering the leaf set, which every leaf-set change asks.
+            return;
+        }
         let me = p.me().id;
         let k = self.cfg.replicas;
         let members: SmallVec<[NodeHandle; 32]> =

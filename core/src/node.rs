@@ -413,7 +413,7 @@ impl Node {
     }
 
     /// See `Pastry::hot_memory`.
-    pub fn hot_memory(&self) -> [*const u8; 7] {
+    pub fn hot_memory(&self) -> [*const u8; 6] {
         self.pastry.hot_memory()
     }
 

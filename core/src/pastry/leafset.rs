@@ -87,8 +87,11 @@ impl LeafSet {
         }
     }
 
-    /// Insert into one side if it belongs among the `half` nearest there.
-    fn insert_side(&mut self, side: Side, h: NodeHandle, now: Time) -> bool {
+    /// Insert into one side if it belongs among the `half` nearest there;
+    /// see `insert_measured`. (Inlined so that each call site, with its
+    /// side known, gets its own distance function in the search loop.)
+    #[inline(always)]
+    fn insert_side(&mut self, side: Side, h: NodeHandle, now: Time, rtt: u32) -> bool {
         let d = self.dist(side, h.id);
         let half = self.half;
         if d > self.reach[side as usize] && self.side(side).len() >= half {
@@ -109,6 +112,9 @@ impl LeafSet {
                 // Same id: refresh its address (it may have moved) and liveness.
                 v[i].handle.addr = h.addr;
                 v[i].last_heard = v[i].last_heard.max(now);
+                if rtt != RTT_UNKNOWN {
+                    v[i].rtt = rtt;
+                }
                 false
             }
             Err(i) if i < half => {
@@ -117,7 +123,7 @@ impl LeafSet {
                     Leaf {
                         handle: h,
                         last_heard: now,
-                        rtt: RTT_UNKNOWN,
+                        rtt,
                     },
                 );
                 v.truncate(half);
@@ -129,28 +135,36 @@ impl LeafSet {
 
     /// Offer a node; returns whether the membership changed.
     pub fn insert(&mut self, h: NodeHandle, now: Time) -> bool {
+        self.insert_measured(h, now, RTT_UNKNOWN)
+    }
+
+    /// `insert`, with our RTT to the node if known (`RTT_UNKNOWN` if not):
+    /// a newcomer starts with it, and a member has it recorded. A member
+    /// also has its address refreshed and is marked heard from at `now`
+    /// (if later than it was).
+    pub fn insert_measured(&mut self, h: NodeHandle, now: Time, rtt: u32) -> bool {
         if h.id == self.me {
             return false;
         }
-        let a = self.insert_side(Side::Cw, h, now);
-        let b = self.insert_side(Side::Ccw, h, now);
+        let a = self.insert_side(Side::Cw, h, now, rtt);
+        let b = self.insert_side(Side::Ccw, h, now, rtt);
         if a || b {
             self.sync_reach();
         }
         a || b
     }
 
-    /// Whether `id` would enter the leaf set if offered.
+    /// Whether `id` would enter the leaf set if offered: it is not a
+    /// member, and a side has room or a farther member.
     pub fn would_accept(&self, id: NodeId) -> bool {
-        if id == self.me || self.contains(id) {
+        if id == self.me {
             return false;
         }
-        [Side::Cw, Side::Ccw].into_iter().any(|s| {
-            let v = self.side(s);
-            v.len() < self.half
-                || v.last()
-                    .is_some_and(|l| self.dist(s, id) < self.dist(s, l.handle.id))
-        })
+        // `reach` is the farthest member's distance (a side with no member
+        // has room).
+        let fits =
+            |s: Side| self.side(s).len() < self.half || self.dist(s, id) < self.reach[s as usize];
+        (fits(Side::Cw) || fits(Side::Ccw)) && !self.contains(id)
     }
 
     /// Remove a node from both sides; returns the sides it was removed from.
@@ -165,6 +179,7 @@ impl LeafSet {
     /// Index of `id` on one side: a binary search by distance, since most
     /// ids asked about (every sender of every message) are not members and
     /// a side's entries are spread over as many cache lines as it has.
+    #[inline(always)]
     fn find(&self, side: Side, id: NodeId) -> Option<usize> {
         let d = self.dist(side, id);
         let reach = self.reach[side as usize];
@@ -193,11 +208,6 @@ impl LeafSet {
     /// Mark that we heard from `id` at `now`.
     pub fn heard(&mut self, id: NodeId, now: Time) {
         self.update(id, |l| l.last_heard = l.last_heard.max(now));
-    }
-
-    /// Record a measured RTT for a member.
-    pub fn set_rtt(&mut self, id: NodeId, rtt: u32) {
-        self.update(id, |l| l.rtt = rtt);
     }
 
     /// Measured RTT of a member, `RTT_UNKNOWN` if none.

@@ -332,12 +332,12 @@ impl Pastry {
     /// driving many nodes from one thread (the simulator) prefetches these
     /// before handing a node its input; the pointers are never dereferenced
     /// here.
-    pub fn hot_memory(&self) -> [*const u8; 7] {
+    pub fn hot_memory(&self) -> [*const u8; 6] {
         let [a, b] = self.leaves.buffers();
-        let [c, d] = self.table.buffers();
-        let [e, f] = self.nbrs.buffers();
-        let g = self.timers.as_slice().as_ptr().cast();
-        [a, b, c, d, e, f, g]
+        let [c] = self.table.buffers();
+        let [d, e] = self.nbrs.buffers();
+        let f = self.timers.as_slice().as_ptr().cast();
+        [a, b, c, d, e, f]
     }
 
     pub fn me(&self) -> NodeHandle {
@@ -443,6 +443,12 @@ impl Pastry {
     }
 
     fn ping(&mut self, now: Time, h: NodeHandle, cause: ProbeCause) {
+        self.probe(now, h, cause, RTT_UNKNOWN);
+    }
+
+    /// `ping`, from a caller that already looked up `known_rtt(h.id)`
+    /// (`RTT_UNKNOWN`: look it up here, if a ping goes out).
+    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: u32) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
             return;
         }
@@ -474,7 +480,11 @@ impl Pastry {
             ProbeCause::Liveness => &mut st.probes_liveness,
         } += 1;
         let flags = if active { PING_ACTIVE } else { 0 };
-        let rtt_hint = self.known_rtt(h.id);
+        let rtt_hint = if known == RTT_UNKNOWN {
+            self.known_rtt(h.id)
+        } else {
+            known
+        };
         self.send(
             h.addr,
             &Repr::Ping {
@@ -646,13 +656,16 @@ impl Pastry {
 
     /// Best RTT we know for `id`, `RTT_UNKNOWN` if none.
     fn known_rtt(&self, id: NodeId) -> u32 {
-        if let Some((r, c)) = self.table.slot(id)
-            && let Some(e) = self.table.get(r, c)
-            && e.handle.id == id
+        if let Some(e) = self.table.entry(id)
             && e.rtt != RTT_UNKNOWN
         {
             return e.rtt;
         }
+        self.known_rtt_off_table(id)
+    }
+
+    /// `known_rtt` for a node whose table entry, if any, is unmeasured.
+    fn known_rtt_off_table(&self, id: NodeId) -> u32 {
         let leaf = self.leaves.rtt(id);
         if leaf != RTT_UNKNOWN {
             return leaf;
@@ -711,25 +724,32 @@ impl Pastry {
         if h.id == self.me.id || h.addr == self.me.addr {
             return;
         }
+        // One table lookup serves everything below that needs the entry
+        // before the offer: `Some(its RTT)` if `h` holds its slot.
+        let held = self.table.entry(h.id).map(|e| e.rtt);
         if direct {
             self.dead.remove(&h.id);
         } else if self.dead.contains_key(&h.id)
-            || (self.table.contains(h.id) && !self.leaves.would_accept(h.id))
-            || (self.leaves.contains(h.id) && !self.table.would_probe(h.id))
+            || (held.is_some() && !self.leaves.would_accept(h.id))
         {
-            // Dead, or already known where it can matter: nothing to learn.
+            // Dead, or already known where it can matter: nothing to
+            // learn. (A table member that is also a leaf is covered: the
+            // leaf set does not "accept" a member.)
             return;
         }
-        let rtt = if rtt == RTT_UNKNOWN {
-            self.known_rtt(h.id)
-        } else {
+        let rtt = if rtt != RTT_UNKNOWN {
             self.cache_rtt(h.id, rtt);
             rtt
+        } else {
+            match held {
+                Some(r) if r != RTT_UNKNOWN => r,
+                _ => self.known_rtt_off_table(h.id),
+            }
         };
         let mut want_probe = None;
         // Leaf set: by id only.
         let heard_at = if direct { now } else { Time::ZERO };
-        if self.leaves.insert(h, heard_at) {
+        if self.leaves.insert_measured(h, heard_at, rtt) {
             self.upcalls.push_back(Upcall::LeafSetChanged);
             self.gossip_soon(now);
             if !direct && self.is_active() {
@@ -745,14 +765,10 @@ impl Pastry {
         // have many candidates per slot and carry the first, longest-lived
         // hops. Deeper rows have a handful of candidates each; the first
         // one offered is kept until a measured one displaces it.
-        let measure = self
-            .table
-            .slot(h.id)
-            .is_some_and(|(row, _)| row < self.pns_rows());
-        let offered = self.table.offer(h, rtt);
-        if direct && matches!(offered, Offer::Inserted | Offer::Replaced(_)) {
-            self.table.heard(h.id, now);
-        }
+        let measure = self.me.id.shared_prefix_len(h.id, self.cfg.b) < self.pns_rows();
+        // (With a known RTT the offer also records it if `h` ends up in
+        // the table, as newcomer or as holder.)
+        let offered = self.table.offer(h, rtt, heard_at);
         match offered {
             Offer::Inserted | Offer::Replaced(_) => {
                 self.table_changes = self.table_changes.saturating_add(1);
@@ -775,12 +791,12 @@ impl Pastry {
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
-            self.table.update_rtt(h.id, rtt);
-            self.leaves.set_rtt(h.id, rtt);
             self.nbrs.offer(h, rtt);
         }
         if let Some(cause) = want_probe {
-            self.ping(now, h, cause);
+            // Every table above now gives `rtt` as what we know of `h`.
+            debug_assert_eq!(rtt, self.known_rtt(h.id));
+            self.probe(now, h, cause, rtt);
         }
     }
 
@@ -879,19 +895,42 @@ impl Pastry {
     fn request_row_from_nearby(&mut self, row: usize, rank: usize) -> bool {
         let b = self.cfg.b;
         let me = self.me.id;
-        let mut cands: SmallVec<[(u32, NodeHandle); 32]> = self
-            .table
-            .entries()
-            .filter(|e| e.rtt != RTT_UNKNOWN && me.shared_prefix_len(e.handle.id, b) >= row)
-            .map(|e| (e.rtt, e.handle))
-            .collect();
-        for h in self.nbrs.handles() {
-            if me.shared_prefix_len(h.id, b) >= row && !cands.iter().any(|(_, c)| c.id == h.id) {
-                cands.push((self.known_rtt(h.id), *h));
+        // The candidates are the measured entries of rows `row` and deeper
+        // (those sharing at least `row` digits with us) and the
+        // neighbourhood set members sharing as many, each once; ranked by
+        // (RTT, id), which no two share. Only the `rank + 1` first are
+        // kept, in order.
+        let mut best: SmallVec<[(u32, NodeHandle); 4]> = SmallVec::new();
+        let mut count: usize = 0;
+        let mut consider = |rtt: u32, h: NodeHandle| {
+            count += 1;
+            let key = (rtt, h.id);
+            let at = best.partition_point(|(r, c)| (*r, c.id) < key);
+            if at <= rank {
+                if best.len() > rank {
+                    best.pop();
+                }
+                best.insert(at, (rtt, h));
+            }
+        };
+        for e in self.table.rows_from(row) {
+            if e.rtt != RTT_UNKNOWN {
+                consider(e.rtt, e.handle);
             }
         }
-        cands.sort_unstable_by_key(|(rtt, h)| (*rtt, h.id));
-        match cands.get(rank.min(cands.len().saturating_sub(1))) {
+        for h in self.nbrs.handles() {
+            if me.shared_prefix_len(h.id, b) < row {
+                continue;
+            }
+            match self.table.entry(h.id) {
+                // A member in the table sits in a row of its shared
+                // prefix: seen above if measured.
+                Some(e) if e.rtt != RTT_UNKNOWN => {}
+                _ => consider(self.known_rtt_off_table(h.id), *h),
+            }
+        }
+        let pick = rank.min(count.saturating_sub(1));
+        match best.get(pick) {
             Some((_, h)) => {
                 let to = h.addr;
                 self.send(to, &Repr::RowRequest { row: row as u8 });
@@ -928,19 +967,34 @@ impl Pastry {
         let want = self.table.len().div_ceil(rounds);
         let slots = self.table.num_rows() * self.cfg.cols();
         let mut picked: SmallVec<[NodeHandle; 8]> = SmallVec::new();
+        // The cursor visits slots in (row, column) order, wrapping, at
+        // most `slots` of them per round; it jumps from one occupied slot
+        // to the next, and stops right after the last one picked.
         let mut scanned = 0;
         while picked.len() < want && scanned < slots {
-            let i = self.table_cursor % slots;
-            self.table_cursor = (self.table_cursor + 1) % slots;
-            scanned += 1;
-            let (row, col) = (i / self.cfg.cols(), i % self.cfg.cols());
-            if let Some(e) = self.table.get(row, col) {
-                // Heard from within half a period: as good as a pong. (Not
-                // a whole period: a node that crashes right after we heard
-                // from it must still be found within about one.)
-                if now.saturating_since(e.heard).as_micros() >= period / 2 {
-                    picked.push(e.handle);
-                }
+            let cursor = self.table_cursor;
+            let budget = slots - scanned;
+            let next = self
+                .table
+                .next_occupied(cursor)
+                .or_else(|| self.table.next_occupied(0));
+            // Slots from the cursor to the next occupied one, exclusive.
+            let gap = next.map(|(i, _)| (i + slots - cursor) % slots);
+            let (Some((i, e)), Some(gap)) = (next, gap) else {
+                self.table_cursor = (cursor + budget) % slots;
+                break;
+            };
+            if gap >= budget {
+                self.table_cursor = (cursor + budget) % slots;
+                break;
+            }
+            scanned += gap + 1;
+            self.table_cursor = (i + 1) % slots;
+            // Heard from within half a period: as good as a pong. (Not
+            // a whole period: a node that crashes right after we heard
+            // from it must still be found within about one.)
+            if now.saturating_since(e.heard).as_micros() >= period / 2 {
+                picked.push(e.handle);
             }
         }
         for h in picked {

@@ -80,12 +80,27 @@ impl NeighborhoodSet {
             return false;
         }
         let at = self.position(h.id);
-        if full && at.is_none() && rtt >= self.worst {
-            return false;
-        }
         if let Some(i) = at {
-            self.members.remove(i);
-            self.ids.remove(i);
+            // A member: the set of ids (hence the filter) stays, only its
+            // handle, its RTT and so its place change. Its place among the
+            // others is after every other member at most `rtt` away: in
+            // the whole list (sorted, `i` included) that is `p`, less one
+            // if `i` itself is among them (exactly when `i < p`).
+            let p = self.members.partition_point(|(_, r)| *r <= rtt);
+            let pos = if i < p { p - 1 } else { p };
+            if pos < i {
+                self.members[pos..=i].rotate_right(1);
+                self.ids[pos..=i].rotate_right(1);
+            } else {
+                self.members[i..=pos].rotate_left(1);
+                self.ids[i..=pos].rotate_left(1);
+            }
+            self.members[pos] = (h, rtt);
+            self.worst = self.members.last().map_or(0, |m| m.1);
+            return true;
+        }
+        if full && rtt >= self.worst {
+            return false;
         }
         let pos = self.members.partition_point(|(_, r)| *r <= rtt);
         if pos >= self.cap {
@@ -101,7 +116,7 @@ impl NeighborhoodSet {
         }
         self.members.insert(pos, (h, rtt));
         self.ids.insert(pos, h.id);
-        if evicted || at.is_some() {
+        if evicted {
             self.rebuild_bloom();
         } else {
             self.worst = self.members.last().map_or(0, |m| m.1);

@@ -4,6 +4,8 @@
 //! wins (proximity neighbour selection, §2.5). Rows are allocated on first
 //! use: at N nodes only about log_{2^b} N rows are ever populated.
 
+use smallvec::SmallVec;
+
 use crate::addr::NodeHandle;
 use crate::id::NodeId;
 use crate::time::Time;
@@ -41,29 +43,38 @@ pub struct RoutingTable {
     me: NodeId,
     b: u32,
     rows: usize,
-    /// `slot_key(row, col)` of each entry, ascending.
-    keys: Vec<u16>,
-    /// The entries, in the order of `keys`.
+    /// Occupancy bitmap: bit `row · 2^b + col` (see `bit`) is set exactly
+    /// when slot (`row`, `col`) holds an entry. Bits are in slot order, so
+    /// an occupied slot's entry is `entries[rank(bit)]`: one or two popcounts
+    /// instead of a search, and no second buffer to keep in step. 512 bits
+    /// for b = 4 (one cache line, inside the struct); only b = 8 (4096 bits)
+    /// spills to the heap.
+    occupied: SmallVec<[u64; 8]>,
+    /// The entries, in slot order.
     entries: Vec<Entry>,
 }
 
-/// Sort key of a slot: rows are at most 128 and columns at most 256.
-fn slot_key(row: usize, col: usize) -> u16 {
-    ((row << 8) | col) as u16
+/// Number of set bits in `words` (out of line: most lookups are of the
+/// top rows, in the first word).
+#[cold]
+#[inline(never)]
+fn ones(words: &[u64]) -> usize {
+    words.iter().map(|x| x.count_ones() as usize).sum()
 }
 
 impl RoutingTable {
-    /// Addresses of the key and entry buffers (for a runtime's cache prefetch).
-    pub fn buffers(&self) -> [*const u8; 2] {
-        [self.keys.as_ptr().cast(), self.entries.as_ptr().cast()]
+    /// Address of the entry buffer (for a runtime's cache prefetch).
+    pub fn buffers(&self) -> [*const u8; 1] {
+        [self.entries.as_ptr().cast()]
     }
     pub fn new(me: NodeId, b: u32) -> Self {
         let nrows = (128 / b) as usize;
+        let words = (nrows << b).div_ceil(64);
         RoutingTable {
             me,
             b,
             rows: nrows,
-            keys: Vec::new(),
+            occupied: SmallVec::from_elem(0, words),
             entries: Vec::new(),
         }
     }
@@ -77,13 +88,76 @@ impl RoutingTable {
         Some((row, id.digit(row, self.b)))
     }
 
-    /// Index of slot (`row`, `col`) in `entries`: `Ok` if occupied, else
-    /// where it would go. `None` for a slot outside the table.
+    /// Bitmap position of slot (`row`, `col`), which must be in the table.
+    fn bit(&self, row: usize, col: usize) -> usize {
+        (row << self.b) | col
+    }
+
+    /// Bitmap position of the slot `id` belongs in, `None` for our own id:
+    /// `slot` (shared prefix length, then the next digit) with shifts for
+    /// divisions, since the digit size is a power of two.
+    #[inline]
+    fn bit_of(&self, id: NodeId) -> Option<usize> {
+        let x = self.me.0 ^ id.0;
+        if x == 0 {
+            return None;
+        }
+        let log_b = self.b.trailing_zeros();
+        let row = x.leading_zeros() >> log_b;
+        // Digit `row` of `id` starts `row·b` bits from the left, within one
+        // 64-bit half (digits are 1, 2, 4 or 8 bits).
+        let skip = row << log_b;
+        let half = if skip < 64 {
+            (id.0 >> 64) as u64
+        } else {
+            id.0 as u64
+        };
+        let col = ((half << (skip % 64)) >> (64 - self.b)) as usize;
+        Some(((row as usize) << self.b) | col)
+    }
+
+    #[inline]
+    fn is_set(&self, bit: usize) -> bool {
+        self.occupied[bit / 64] >> (bit % 64) & 1 != 0
+    }
+
+    /// Number of occupied slots before bitmap position `bit` (a slot of
+    /// the table): the index in `entries` of that slot's entry, or where
+    /// it would go. The top rows (the first word, for b = 4 rows 0 to 3)
+    /// take one popcount.
+    #[inline(always)]
+    fn rank(&self, bit: usize) -> usize {
+        let words = self.occupied.as_slice();
+        let (w, o) = (bit / 64, bit % 64);
+        let within = (words[w] & ((1u64 << o) - 1)).count_ones() as usize;
+        if w == 0 {
+            within
+        } else {
+            within + ones(&words[..w])
+        }
+    }
+
+    /// Index in `entries` of slot `bit`: `Ok` if occupied, else where it
+    /// would go.
+    #[inline(always)]
+    fn find_bit(&self, bit: usize) -> Result<usize, usize> {
+        let i = self.rank(bit);
+        if self.is_set(bit) { Ok(i) } else { Err(i) }
+    }
+
+    /// Index in `entries` of slot `bit` if it is occupied.
+    #[inline(always)]
+    fn occupant(&self, bit: usize) -> Option<usize> {
+        self.is_set(bit).then(|| self.rank(bit))
+    }
+
+    /// `find_bit` for slot (`row`, `col`); `None` for a slot outside the
+    /// table.
     fn find(&self, row: usize, col: usize) -> Option<Result<usize, usize>> {
         if row >= self.rows || col >= 1 << self.b {
             return None;
         }
-        Some(self.keys.binary_search(&slot_key(row, col)))
+        Some(self.find_bit(self.bit(row, col)))
     }
 
     pub fn get(&self, row: usize, col: usize) -> Option<&Entry> {
@@ -91,33 +165,34 @@ impl RoutingTable {
         Some(&self.entries[i])
     }
 
-    /// Offer a candidate with its RTT if known.
-    pub fn offer(&mut self, handle: NodeHandle, rtt: u32) -> Offer {
-        let Some((row, col)) = self.slot(handle.id) else {
+    /// The entry of the node `id`, if it is in the table.
+    #[inline]
+    pub fn entry(&self, id: NodeId) -> Option<&Entry> {
+        let i = self.index_of(id)?;
+        Some(&self.entries[i])
+    }
+
+    /// Offer a candidate with its RTT if known. If it fills or takes a
+    /// slot, it is recorded as heard from at `heard` (`Time::ZERO` for a
+    /// node known only second-hand). A candidate already in its slot gets
+    /// its address and, if known, its RTT refreshed.
+    pub fn offer(&mut self, handle: NodeHandle, rtt: u32, heard: Time) -> Offer {
+        let Some(bit) = self.bit_of(handle.id) else {
             return Offer::Rejected;
         };
-        match self.find(row, col) {
-            None => Offer::Rejected,
-            Some(Err(i)) => {
+        match self.find_bit(bit) {
+            Err(i) => {
                 if self.entries.len() == self.entries.capacity() {
                     // Grow by an eighth rather than double: tables fill
                     // during the join and then keep their size.
                     let more = (self.entries.len() / 8).max(4);
                     self.entries.reserve_exact(more);
-                    self.keys.reserve_exact(more);
                 }
-                self.keys.insert(i, slot_key(row, col));
-                self.entries.insert(
-                    i,
-                    Entry {
-                        handle,
-                        rtt,
-                        heard: Time::ZERO,
-                    },
-                );
+                self.occupied[bit / 64] |= 1 << (bit % 64);
+                self.entries.insert(i, Entry { handle, rtt, heard });
                 Offer::Inserted
             }
-            Some(Ok(i)) => {
+            Ok(i) => {
                 let e = &mut self.entries[i];
                 if e.handle.id == handle.id {
                     e.handle.addr = handle.addr;
@@ -129,11 +204,7 @@ impl RoutingTable {
                     Offer::NeedsRtt { holder_rtt: e.rtt }
                 } else if e.rtt == RTT_UNKNOWN || rtt < e.rtt {
                     let old = e.handle;
-                    *e = Entry {
-                        handle,
-                        rtt,
-                        heard: Time::ZERO,
-                    };
+                    *e = Entry { handle, rtt, heard };
                     Offer::Replaced(old)
                 } else {
                     Offer::Rejected
@@ -143,21 +214,15 @@ impl RoutingTable {
     }
 
     /// Index in `entries` of the node `id`, if it is in the table.
+    #[inline(always)]
     fn index_of(&self, id: NodeId) -> Option<usize> {
-        let (row, col) = self.slot(id)?;
-        let i = self.find(row, col)?.ok()?;
+        let i = self.occupant(self.bit_of(id)?)?;
         (self.entries[i].handle.id == id).then_some(i)
-    }
-
-    /// Record a fresh RTT for a node already in the table.
-    pub fn update_rtt(&mut self, id: NodeId, rtt: u32) {
-        if let Some(i) = self.index_of(id) {
-            self.entries[i].rtt = rtt;
-        }
     }
 
     /// A message from `id` arrived at `now`: if it is in the table, it need
     /// not be probed for a while.
+    #[inline]
     pub fn heard(&mut self, id: NodeId, now: Time) {
         if let Some(i) = self.index_of(id) {
             self.entries[i].heard = now;
@@ -167,7 +232,8 @@ impl RoutingTable {
     /// Remove `id`; returns its former slot.
     pub fn remove(&mut self, id: NodeId) -> Option<(usize, usize)> {
         let i = self.index_of(id)?;
-        self.keys.remove(i);
+        let bit = self.bit_of(id)?;
+        self.occupied[bit / 64] &= !(1 << (bit % 64));
         self.entries.remove(i);
         self.slot(id)
     }
@@ -175,23 +241,52 @@ impl RoutingTable {
     /// Whether a candidate `id` of unknown RTT would be probed: its slot is
     /// empty, or held by another node it might beat.
     pub fn would_probe(&self, id: NodeId) -> bool {
-        match self.slot(id) {
+        match self.bit_of(id) {
             None => false,
-            Some((r, c)) => self.get(r, c).is_none_or(|e| e.handle.id != id),
+            Some(bit) => !self
+                .find_bit(bit)
+                .is_ok_and(|i| self.entries[i].handle.id == id),
         }
     }
 
+    #[inline]
     pub fn contains(&self, id: NodeId) -> bool {
         self.index_of(id).is_some()
     }
 
+    /// Index in `entries` of the first entry of row `row` or a later one.
+    fn row_start(&self, row: usize) -> usize {
+        if row >= self.rows {
+            return self.entries.len();
+        }
+        self.rank(self.bit(row, 0))
+    }
+
     /// Entries of one row, in column order.
     pub fn row(&self, row: usize) -> impl Iterator<Item = &Entry> {
-        let lo = self.keys.partition_point(|&k| usize::from(k) < row << 8);
-        let hi = self
-            .keys
-            .partition_point(|&k| usize::from(k) < (row + 1) << 8);
+        let (lo, hi) = (self.row_start(row), self.row_start(row + 1));
         self.entries[lo..hi].iter()
+    }
+
+    /// Entries of row `row` and every deeper one: the nodes sharing at
+    /// least `row` digits with us.
+    pub fn rows_from(&self, row: usize) -> impl Iterator<Item = &Entry> {
+        self.entries[self.row_start(row)..].iter()
+    }
+
+    /// The first occupied slot at or after `start` in (row, column) order,
+    /// as a flat index `row · 2^b + col`, with its entry.
+    pub fn next_occupied(&self, start: usize) -> Option<(usize, &Entry)> {
+        let mut w = start / 64;
+        let mut word = *self.occupied.get(w)? & (u64::MAX << (start % 64));
+        loop {
+            if word != 0 {
+                let bit = w * 64 + word.trailing_zeros() as usize;
+                return Some((bit, &self.entries[self.rank(bit)]));
+            }
+            w += 1;
+            word = *self.occupied.get(w)?;
+        }
     }
 
     /// All entries, row by row.
@@ -237,30 +332,30 @@ mod tests {
         let mut t = RoutingTable::new(NodeId(ME), 4);
         let a = h(0x5 << 124);
         let b = h((0x5 << 124) + 7);
-        assert_eq!(t.offer(a, RTT_UNKNOWN), Offer::Inserted);
+        assert_eq!(t.offer(a, RTT_UNKNOWN, Time::ZERO), Offer::Inserted);
         assert_eq!(
-            t.offer(b, RTT_UNKNOWN),
+            t.offer(b, RTT_UNKNOWN, Time::ZERO),
             Offer::NeedsRtt {
                 holder_rtt: RTT_UNKNOWN
             }
         );
         // The unmeasured holder loses to a measured candidate.
-        assert_eq!(t.offer(b, 50), Offer::Replaced(a));
-        assert_eq!(t.offer(a, 80), Offer::Rejected);
-        assert_eq!(t.offer(a, 20), Offer::Replaced(b));
+        assert_eq!(t.offer(b, 50, Time::ZERO), Offer::Replaced(a));
+        assert_eq!(t.offer(a, 80, Time::ZERO), Offer::Rejected);
+        assert_eq!(t.offer(a, 20, Time::ZERO), Offer::Replaced(b));
         assert_eq!(t.len(), 1);
         assert_eq!(t.get(0, 5).unwrap().rtt, 20);
         assert_eq!(t.remove(b.id), None, "b is not in the table any more");
         assert_eq!(t.remove(a.id), Some((0, 5)));
         assert!(t.is_empty());
-        assert_eq!(t.offer(h(ME), 1), Offer::Rejected);
+        assert_eq!(t.offer(h(ME), 1, Time::ZERO), Offer::Rejected);
     }
 
     #[test]
     fn only_occupied_slots_are_stored_in_slot_order() {
         let mut t = RoutingTable::new(NodeId(ME), 4);
         assert_eq!(t.entries.capacity(), 0);
-        t.offer(h(ME ^ 1), 5);
+        t.offer(h(ME ^ 1), 5, Time::ZERO);
         assert_eq!(t.row(31).count(), 1);
         assert_eq!(t.entries().count(), 1);
         // Offered out of order, listed by (row, column).
@@ -271,7 +366,7 @@ mod tests {
             0x1f << 120,
             0x1235 << 112,
         ] {
-            assert_eq!(t.offer(h(id), RTT_UNKNOWN), Offer::Inserted);
+            assert_eq!(t.offer(h(id), RTT_UNKNOWN, Time::ZERO), Offer::Inserted);
         }
         let slots: Vec<(usize, usize)> =
             t.entries().map(|e| t.slot(e.handle.id).unwrap()).collect();
@@ -290,5 +385,142 @@ mod tests {
         assert_eq!(t.remove(NodeId(0x1f << 120)), Some((1, 15)));
         assert_eq!(t.row(1).count(), 0);
         assert_eq!(t.len(), 5);
+    }
+
+    /// The bitmap index is only a faster way to find a slot's entry: under
+    /// a long random sequence of offers and removals, for each digit size,
+    /// every lookup agrees with a plain map from slot to entry.
+    #[test]
+    fn bitmap_index_agrees_with_a_map_of_slots() {
+        use std::collections::BTreeMap;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for b in [1u32, 2, 4, 8] {
+            let mut t = RoutingTable::new(NodeId(ME), b);
+            let mut model: BTreeMap<(usize, usize), Entry> = BTreeMap::new();
+            let mut ids: Vec<NodeId> = Vec::new();
+            for step in 0..6_000u32 {
+                let r = next();
+                // Ids sharing a random number of leading bits with ours, so
+                // that every row gets used, deep ones included.
+                let shared = (r % 129) as u32;
+                let noise = u128::from(next()) << 64 | u128::from(next());
+                let id = match shared {
+                    128 => NodeId(ME),
+                    s => {
+                        NodeId((ME ^ (1u128 << (127 - s))) ^ noise.checked_shr(s + 1).unwrap_or(0))
+                    }
+                };
+                if r >> 60 < 4 && !ids.is_empty() {
+                    let victim = ids[(next() as usize) % ids.len()];
+                    let slot = t.slot(victim);
+                    let held = slot
+                        .and_then(|s| model.get(&s))
+                        .is_some_and(|e| e.handle.id == victim);
+                    if held {
+                        model.remove(&slot.unwrap());
+                    }
+                    assert_eq!(t.remove(victim), slot.filter(|_| held));
+                } else {
+                    let rtt = if r >> 59 & 1 == 0 {
+                        RTT_UNKNOWN
+                    } else {
+                        (r >> 32) as u32 % 1000
+                    };
+                    let heard = Time::from_micros(u64::from(step % 3));
+                    let got = t.offer(h(id.0), rtt, heard);
+                    let want = match t.slot(id) {
+                        None => Offer::Rejected,
+                        Some(slot) => match model.get_mut(&slot) {
+                            None => {
+                                model.insert(
+                                    slot,
+                                    Entry {
+                                        handle: h(id.0),
+                                        rtt,
+                                        heard,
+                                    },
+                                );
+                                Offer::Inserted
+                            }
+                            Some(e) if e.handle.id == id => {
+                                if rtt != RTT_UNKNOWN {
+                                    e.rtt = rtt;
+                                }
+                                Offer::Rejected
+                            }
+                            Some(e) if rtt == RTT_UNKNOWN => Offer::NeedsRtt { holder_rtt: e.rtt },
+                            Some(e) if e.rtt == RTT_UNKNOWN || rtt < e.rtt => {
+                                let old = e.handle;
+                                *e = Entry {
+                                    handle: h(id.0),
+                                    rtt,
+                                    heard,
+                                };
+                                Offer::Replaced(old)
+                            }
+                            Some(_) => Offer::Rejected,
+                        },
+                    };
+                    assert_eq!(got, want, "b {b} step {step} id {id:?}");
+                    ids.push(id);
+                    if step % 7 == 0 {
+                        t.heard(id, Time::from_micros(u64::from(step)));
+                        if let Some(e) = t.slot(id).and_then(|s| model.get_mut(&s)) {
+                            if e.handle.id == id {
+                                e.heard = Time::from_micros(u64::from(step));
+                            }
+                        }
+                    }
+                }
+                // Everything the table answers, against the model.
+                let all: Vec<Entry> = t.entries().copied().collect();
+                let want: Vec<Entry> = model.values().copied().collect();
+                assert_eq!(all, want, "b {b} step {step}");
+                let probe = ids[(next() as usize) % ids.len().max(1)..].first().copied();
+                for id in probe.into_iter().chain([NodeId(ME), id]) {
+                    let bit = t.slot(id).map(|(r, c)| t.bit(r, c));
+                    assert_eq!(t.bit_of(id), bit);
+                    let held = t.slot(id).and_then(|s| model.get(&s));
+                    let member = held.is_some_and(|e| e.handle.id == id);
+                    assert_eq!(t.contains(id), member);
+                    assert_eq!(t.entry(id).copied(), held.copied().filter(|_| member));
+                    assert_eq!(t.would_probe(id), t.slot(id).is_some() && !member);
+                }
+                if step % 97 == 0 {
+                    for row in 0..=t.num_rows() {
+                        let got: Vec<Entry> = t.row(row).copied().collect();
+                        let want: Vec<Entry> = model
+                            .range((row, 0)..(row + 1, 0))
+                            .map(|(_, e)| *e)
+                            .collect();
+                        assert_eq!(got, want, "b {b} row {row}");
+                        let got: Vec<Entry> = t.rows_from(row).copied().collect();
+                        let want: Vec<Entry> = model.range((row, 0)..).map(|(_, e)| *e).collect();
+                        assert_eq!(got, want, "b {b} rows from {row}");
+                    }
+                    let cols = 1usize << b;
+                    for start in [0, 1, cols, cols + 3, 5 * cols, t.num_rows() * cols - 1] {
+                        let got = t.next_occupied(start).map(|(bit, e)| (bit, *e));
+                        let want = model
+                            .range((start / cols, start % cols)..)
+                            .next()
+                            .map(|(&(r, c), e)| (r * cols + c, *e));
+                        assert_eq!(got, want, "b {b} next from {start}");
+                    }
+                    for row in 0..t.num_rows() {
+                        for col in 0..cols {
+                            assert_eq!(t.get(row, col), model.get(&(row, col)));
+                        }
+                    }
+                }
+            }
+            assert!(t.len() > 20, "b {b}: the test should fill the table");
+        }
     }
 }

@@ -19,7 +19,7 @@ pub mod dht;
 pub mod pastry;
 pub mod scribe;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::addr::{NodeHandle, PeerAddr};
@@ -133,10 +133,13 @@ impl<T: AsRef<[u8]>> Header<T> {
 }
 
 /// Write the common header.
-pub fn emit_header(out: &mut BytesMut, ty: u8, sender: NodeId) {
-    out.put_u8(VERSION);
-    out.put_u8(ty);
-    out.put_slice(&sender.to_be_bytes());
+#[inline]
+pub fn emit_header(out: &mut impl BufMut, ty: u8, sender: NodeId) {
+    let mut h = [0u8; HEADER_LEN];
+    h[field::VERSION] = VERSION;
+    h[field::TYPE] = ty;
+    h[field::SENDER].copy_from_slice(&sender.to_be_bytes());
+    out.put_slice(&h);
 }
 
 /// Bounds-checked reader over a message body. Every accessor returns
@@ -208,6 +211,20 @@ impl<'a> Reader<'a> {
         }
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
+            // IPv4 handles (all of them, in practice) in one bounds check;
+            // anything else, or too short, takes the general path and its
+            // errors.
+            if let Some((h, rest)) = self.buf.split_first_chunk::<MIN_HANDLE_LEN>()
+                && h[16] == 4
+            {
+                let id = NodeId::from_be_bytes(h[..16].try_into().expect("16 bytes"));
+                let ip = Ipv4Addr::new(h[17], h[18], h[19], h[20]);
+                let port = u16::from_be_bytes([h[21], h[22]]);
+                let addr = PeerAddr(SocketAddr::new(IpAddr::V4(ip), port));
+                v.push(NodeHandle { id, addr });
+                self.buf = rest;
+                continue;
+            }
             v.push(self.handle()?);
         }
         Ok(v)
@@ -236,23 +253,43 @@ pub fn handle_len(h: &NodeHandle) -> usize {
     16 + peer_addr_len(&h.addr)
 }
 
-pub fn put_peer_addr(out: &mut BytesMut, a: &PeerAddr) {
+pub fn put_peer_addr(out: &mut impl BufMut, a: &PeerAddr) {
     match a.0 {
         SocketAddr::V4(v4) => {
-            out.put_u8(4);
-            out.put_slice(&v4.ip().octets());
+            let mut b = [4u8; 1 + 4 + 2];
+            b[1..5].copy_from_slice(&v4.ip().octets());
+            b[5..].copy_from_slice(&v4.port().to_be_bytes());
+            out.put_slice(&b);
         }
         SocketAddr::V6(v6) => {
-            out.put_u8(6);
-            out.put_slice(&v6.ip().octets());
+            let mut b = [6u8; 1 + 16 + 2];
+            b[1..17].copy_from_slice(&v6.ip().octets());
+            b[17..].copy_from_slice(&v6.port().to_be_bytes());
+            out.put_slice(&b);
         }
     }
-    out.put_u16(a.0.port());
 }
 
-pub fn put_handle(out: &mut BytesMut, h: &NodeHandle) {
-    out.put_slice(&h.id.to_be_bytes());
-    put_peer_addr(out, &h.addr);
+/// A handle: its id, then its address (see `put_peer_addr`). Each is
+/// assembled on the stack and written with one fixed-size copy.
+#[inline]
+pub fn put_handle(out: &mut impl BufMut, h: &NodeHandle) {
+    match h.addr.0 {
+        SocketAddr::V4(v4) => {
+            let mut b = [4u8; 16 + 1 + 4 + 2];
+            b[..16].copy_from_slice(&h.id.to_be_bytes());
+            b[17..21].copy_from_slice(&v4.ip().octets());
+            b[21..].copy_from_slice(&v4.port().to_be_bytes());
+            out.put_slice(&b);
+        }
+        SocketAddr::V6(v6) => {
+            let mut b = [6u8; 16 + 1 + 16 + 2];
+            b[..16].copy_from_slice(&h.id.to_be_bytes());
+            b[17..33].copy_from_slice(&v6.ip().octets());
+            b[33..].copy_from_slice(&v6.port().to_be_bytes());
+            out.put_slice(&b);
+        }
+    }
 }
 
 /// Lists are capped at 255 entries on the wire.
@@ -262,7 +299,7 @@ pub fn handles_len(v: &[NodeHandle]) -> usize {
     1 + v.iter().take(MAX_LIST).map(handle_len).sum::<usize>()
 }
 
-pub fn put_handles(out: &mut BytesMut, v: &[NodeHandle]) {
+pub fn put_handles(out: &mut impl BufMut, v: &[NodeHandle]) {
     let n = v.len().min(MAX_LIST);
     out.put_u8(n as u8);
     for h in &v[..n] {
@@ -273,6 +310,7 @@ pub fn put_handles(out: &mut BytesMut, v: &[NodeHandle]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     #[test]
     fn header_rejects_short_and_foreign_versions() {

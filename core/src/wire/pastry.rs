@@ -282,20 +282,29 @@ impl Repr {
 
     pub fn emit(&self, sender: NodeId, out: &mut BytesMut) {
         out.reserve(self.buffer_len());
+        self.emit_into(sender, out);
+    }
+
+    /// `emit` into any buffer, which must have room for `buffer_len` bytes
+    /// (no reservation here: `to_bytes` sizes its buffer exactly).
+    fn emit_into(&self, sender: NodeId, out: &mut impl BufMut) {
         emit_header(out, self.msg_type() as u8, sender);
         match self {
             Repr::Route(m) => {
-                out.put_u64(m.hop_id);
-                out.put_slice(&m.key.to_be_bytes());
-                out.put_u8(m.hops);
-                out.put_u8(m.service.to_u8());
+                let mut fixed = [0u8; 8 + 16 + 1 + 1];
+                fixed[..8].copy_from_slice(&m.hop_id.to_be_bytes());
+                fixed[8..24].copy_from_slice(&m.key.to_be_bytes());
+                fixed[24] = m.hops;
+                fixed[25] = m.service.to_u8();
+                out.put_slice(&fixed);
                 put_handle(out, &m.origin);
                 out.put_slice(&m.payload);
             }
             Repr::RouteAck { hop_id } => out.put_u64(*hop_id),
             Repr::State(s) => {
-                out.put_u8(s.flags);
-                out.put_u32(s.rtt_hint);
+                let mut fixed = [s.flags; 1 + 4];
+                fixed[1..].copy_from_slice(&s.rtt_hint.to_be_bytes());
+                out.put_slice(&fixed);
                 put_handles(out, &s.table);
                 for i in 0..table_rtts_len(s) {
                     out.put_u32(s.table_rtts.get(i).copied().unwrap_or(RTT_UNKNOWN));
@@ -309,13 +318,15 @@ impl Repr {
                 flags,
                 rtt_hint,
             } => {
-                out.put_u64(*token);
-                out.put_u8(*flags);
-                out.put_u32(*rtt_hint);
+                let mut b = [*flags; 8 + 1 + 4];
+                b[..8].copy_from_slice(&token.to_be_bytes());
+                b[9..].copy_from_slice(&rtt_hint.to_be_bytes());
+                out.put_slice(&b);
             }
             Repr::Pong { token, flags } => {
-                out.put_u64(*token);
-                out.put_u8(*flags);
+                let mut b = [*flags; 8 + 1];
+                b[..8].copy_from_slice(&token.to_be_bytes());
+                out.put_slice(&b);
             }
             Repr::LeafSetRequest => {}
             Repr::RowRequest { row } => out.put_u8(*row),
@@ -325,9 +336,12 @@ impl Repr {
 
     /// Encode into a fresh buffer.
     pub fn to_bytes(&self, sender: NodeId) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.buffer_len());
-        self.emit(sender, &mut out);
-        out.freeze()
+        // Exactly sized, so the `Bytes` takes the allocation over as is.
+        let len = self.buffer_len();
+        let mut out = Vec::with_capacity(len);
+        self.emit_into(sender, &mut out);
+        debug_assert_eq!(out.len(), len, "{self:?}");
+        Bytes::from(out)
     }
 }
 
@@ -348,6 +362,9 @@ mod tests {
         let sender = NodeId(0xfeed);
         let bytes = repr.to_bytes(sender);
         assert_eq!(bytes.len(), repr.buffer_len(), "{repr:?}");
+        let mut emitted = BytesMut::from(&b"prefix"[..]);
+        repr.emit(sender, &mut emitted);
+        assert_eq!(&emitted[6..], &bytes[..], "emit and to_bytes agree");
         let hdr = Header::new_checked(&bytes[..]).unwrap();
         assert_eq!(hdr.sender(), sender);
         let back = Repr::parse(hdr.msg_type().unwrap(), &bytes).unwrap();
@@ -390,6 +407,10 @@ mod tests {
             rtt_hint: 1234,
             table: vec![h(1), h(2)],
             leaves: vec![h(3)],
+            neighbors: vec![NodeHandle::new(
+                NodeId(9),
+                PeerAddr("[2001:db8::7]:4000".parse().unwrap()),
+            )],
             ..State::default()
         }));
         roundtrip(Repr::State(State {
