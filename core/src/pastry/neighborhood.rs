@@ -10,8 +10,10 @@ pub struct NeighborhoodSet {
     cap: usize,
     /// Sorted by RTT (µs), nearest first.
     members: Vec<(NodeHandle, u32)>,
-    /// `members`' ids in the same order: what a membership test scans.
-    ids: Vec<NodeId>,
+    /// The low 64 bits of `members`' ids, in the same order: what a
+    /// membership test scans (half the bytes of the ids; a match is
+    /// confirmed on the member).
+    ids: Vec<u64>,
     /// Bloom filter of `ids` (two bits per member out of 256): most ids
     /// asked about are not members, and this answers for them from the
     /// struct itself, without touching the Vecs (each lookup of a node's
@@ -57,14 +59,15 @@ impl NeighborhoodSet {
         if !self.maybe_member(id) {
             return None;
         }
-        self.ids.iter().position(|m| *m == id)
+        let tag = id.0 as u64;
+        (0..self.ids.len()).find(|&i| self.ids[i] == tag && self.members[i].0.id == id)
     }
 
     fn rebuild_bloom(&mut self) {
         self.worst = self.members.last().map_or(0, |m| m.1);
         self.bloom = [0; 4];
         for i in 0..self.ids.len() {
-            for (w, bit) in bloom_bits(self.ids[i]) {
+            for (w, bit) in bloom_bits(NodeId(self.ids[i].into())) {
                 self.bloom[w] |= bit;
             }
         }
@@ -115,7 +118,7 @@ impl NeighborhoodSet {
             self.ids.pop();
         }
         self.members.insert(pos, (h, rtt));
-        self.ids.insert(pos, h.id);
+        self.ids.insert(pos, h.id.0 as u64);
         if evicted {
             self.rebuild_bloom();
         } else {
