@@ -6,7 +6,7 @@
 //! uplink serialisation for streams, crashes and partitions. Same seed → same
 //! run, byte for byte.
 //!
-//! * [`queue`]: the `(time, seq)` event heap.
+//! * [`queue`]: the `(time, seq)` event queue (a calendar queue).
 //! * [`addr`]: host index ↔ synthetic `10.x.y.z:4000` address.
 //! * [`topology`]: latency models.
 //! * [`engine`]: the [`Engine`](engine::Engine) trait the simulator drives;

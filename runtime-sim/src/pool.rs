@@ -22,6 +22,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Checks of the flag with a CPU pause between, before yielding (~10 µs).
+/// Measured on 100k nodes with two threads (BENCHMARKS.md): 300 gave
+/// 114-118 s, 50 gave 133 s (more time in `sched_yield`), 3000 gave 145 s
+/// (a spinning vCPU seems to slow the other down).
 const SPINS: u32 = 300;
 /// Checks with a `yield` between (each a few µs when no other thread wants
 /// the core, so the whole wait is some ms), before sleeping. Yielding
