@@ -195,9 +195,6 @@ fn panic_message(e: &(dyn Any + Send)) -> String {
 impl<E> Drop for Pool<E> {
     fn drop(&mut self) {
         for w in &mut self.workers {
-            if w.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                continue;
-            }
             w.to.put(None);
             if let Some(t) = w.thread.take() {
                 // A worker that panicked has already reported it.

@@ -395,31 +395,29 @@ mod tests {
         assert_eq!(q.pop(), None);
     }
 
-    #[test]
-    fn matches_a_sorted_reference_under_random_interleaving() {
-        use alm_core::Rng;
-        let mut rng = Rng::new(77);
+    /// Interleave `steps` pushes (probability `push` in 1/`of`, delays from
+    /// `delay`) and pops, checking every pop against a sorted reference,
+    /// then drain.
+    fn check_against_reference(
+        seed: u64,
+        steps: usize,
+        (push, of): (u64, u64),
+        delay: impl Fn(&mut alm_core::Rng) -> u64,
+    ) {
+        let mut rng = alm_core::Rng::new(seed);
         let mut q = EventQueue::new();
         let mut reference: Vec<(u64, u64)> = Vec::new();
-        let mut now = 0u64;
-        let mut seq = 0u64;
-        for _ in 0..20_000 {
-            if rng.below(3) > 0 || reference.is_empty() {
-                // Mostly at or after now (the simulator's pattern), sometimes
-                // with many equal times, occasionally huge jumps.
-                let dt = match rng.below(10) {
-                    0 => 0,
-                    1 => rng.below(1 << 40),
-                    _ => rng.below(5_000),
-                };
+        let (mut now, mut seq) = (0u64, 0u64);
+        for _ in 0..steps {
+            if rng.below(of) < push || reference.is_empty() {
+                let dt = delay(&mut rng);
                 q.push(Time(now + dt), seq);
                 reference.push((now + dt, seq));
                 seq += 1;
             } else {
                 reference.sort_unstable();
                 let want = reference.remove(0);
-                let got = q.pop().map(|(t, v)| (t.0, v));
-                assert_eq!(got, Some(want));
+                assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
                 now = want.0;
             }
             assert_eq!(q.len(), reference.len());
@@ -428,7 +426,18 @@ mod tests {
         for want in reference {
             assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
         }
-        assert!(q.is_empty());
+        assert!(q.is_empty() && q.pop().is_none());
+    }
+
+    #[test]
+    fn matches_a_sorted_reference_under_random_interleaving() {
+        // Mostly at or after now (the simulator's pattern), sometimes with
+        // many equal times, occasionally huge jumps.
+        check_against_reference(77, 20_000, (2, 3), |rng| match rng.below(10) {
+            0 => 0,
+            1 => rng.below(1 << 40),
+            _ => rng.below(5_000),
+        });
     }
 
     /// The simulator's batched pattern: pop a run of items, then push
@@ -496,35 +505,12 @@ mod tests {
     /// that come into range while others are pushed into their slots.
     #[test]
     fn matches_a_sorted_reference_across_ring_turns() {
-        use alm_core::Rng;
-        let mut rng = Rng::new(79);
-        let mut q = EventQueue::new();
-        let mut reference: Vec<(u64, u64)> = Vec::new();
-        let (mut now, mut seq) = (0u64, 0u64);
         let horizon = SLOT_US * SLOTS as u64;
-        for _ in 0..30_000 {
-            if rng.below(2) == 0 || reference.is_empty() {
-                let dt = match rng.below(4) {
-                    0 => rng.below(3 * horizon),
-                    1 => horizon - SLOT_US + rng.below(2 * SLOT_US),
-                    _ => rng.below(2_000),
-                };
-                q.push(Time(now + dt), seq);
-                reference.push((now + dt, seq));
-                seq += 1;
-            } else {
-                reference.sort_unstable();
-                let want = reference.remove(0);
-                assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
-                now = want.0;
-            }
-            assert_eq!(q.len(), reference.len());
-        }
-        reference.sort_unstable();
-        for want in reference {
-            assert_eq!(q.pop().map(|(t, v)| (t.0, v)), Some(want));
-        }
-        assert!(q.is_empty() && q.pop().is_none());
+        check_against_reference(79, 30_000, (1, 2), |rng| match rng.below(4) {
+            0 => rng.below(3 * horizon),
+            1 => horizon - SLOT_US + rng.below(2 * SLOT_US),
+            _ => rng.below(2_000),
+        });
     }
 
     #[test]

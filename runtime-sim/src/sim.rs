@@ -139,8 +139,6 @@ pub struct SimStats {
     pub timer_violations: u64,
     /// Batches run (with batching on; their events are counted in `events`).
     pub batches: u64,
-    /// Batches that ran on more than one thread.
-    pub parallel_batches: u64,
 }
 
 /// Per-node bookkeeping, kept apart from the (large) engines in a dense
@@ -360,10 +358,10 @@ impl<E: Engine, T: Topology> Sim<E, T> {
         if !self.meta[i].alive {
             return;
         }
-        let out = self.spare_out.pop().unwrap_or_default();
         let Some(engine) = self.engines[i].as_deref_mut() else {
             return;
         };
+        let out = self.spare_out.pop().unwrap_or_default();
         let mut job = Job::new(now, i as u32, Effect::Call, Input::None, out);
         engine.prefetch();
         f(engine, now);
@@ -525,12 +523,11 @@ impl<E: Engine, T: Topology> Sim<E, T> {
         let mine = if workers == 0 {
             n
         } else {
-            self.net.stats.parallel_batches += 1;
             (n * self.main_share as usize / 1000).clamp(1, n - 1)
         };
-        let mut bounds = Vec::new();
-        if let Some(p) = pool.as_mut() {
-            let per = (n - mine).div_ceil(workers.max(1));
+        // Worker `w` takes the `w`-th run of the rest, cut from the end.
+        if let Some(p) = pool.as_mut().filter(|_| workers > 0) {
+            let per = (n - mine).div_ceil(workers);
             let mut from = n;
             for w in (0..workers).rev() {
                 let lo = mine + (per * w).min(n - mine);
@@ -542,7 +539,6 @@ impl<E: Engine, T: Topology> Sim<E, T> {
                     }
                 }
                 p.start(w, chunk);
-                bounds.push(w);
                 from = lo;
             }
         }
@@ -560,16 +556,14 @@ impl<E: Engine, T: Topology> Sim<E, T> {
         for job in jobs.drain(..) {
             self.merge(job, obs);
         }
-        if let Some(p) = pool.as_mut() {
-            if let Some(&last) = bounds.first() {
-                let waited = !p.ready(last);
-                self.main_share = if waited {
-                    (self.main_share + 10).min(900)
-                } else {
-                    self.main_share.saturating_sub(10).max(50)
-                };
-            }
-            for &w in bounds.iter().rev() {
+        if let Some(p) = pool.as_mut().filter(|_| workers > 0) {
+            let waited = !p.ready(workers - 1);
+            self.main_share = if waited {
+                (self.main_share + 10).min(900)
+            } else {
+                self.main_share.saturating_sub(10).max(50)
+            };
+            for w in 0..workers {
                 let mut chunk = p.finish(w);
                 for job in chunk.drain(..) {
                     self.merge(job, obs);
