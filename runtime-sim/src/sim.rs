@@ -496,9 +496,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// else whether `node` already has one (the event must be deferred).
     fn fits(&self, node: u32, t: Time) -> Option<bool> {
         let node = node as usize;
-        self.net
-            .topo
-            .separated_from(&self.span, node, t)
+        (self.span.admits(t) && self.net.topo.separated_from(&self.span, node, t))
             .then(|| self.span.contains(node))
     }
 

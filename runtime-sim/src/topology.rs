@@ -55,50 +55,109 @@ pub trait Topology {
     /// against all the batch so far: models override it to answer in bulk.
     fn separated_from(&self, span: &Span, b: usize, t: Time) -> bool {
         let b32 = b as u32;
-        span.nodes
+        span.hosts()
             .iter()
-            .zip(&span.times)
-            .all(|(&a, &ta)| a == b32 || self.separated(a as usize, b, Duration(t.0 - ta as u64)))
+            .zip(span.times())
+            .all(|(&a, ta)| a == b32 || self.separated(a as usize, b, Duration(t.0 - ta)))
     }
 }
 
 /// The events of a batch being formed: host and time of each, plus what a
 /// model keeps for [`Topology::separated_from`] (the plane: coordinates).
-/// Columns, so that the checks against all of them vectorise.
+/// Columns of 4-byte numbers whose entries past the last event are
+/// padding that is near nothing, up to a multiple of [`Span::LANES`], so
+/// that a check against all of them is whole vector steps (eight lanes to
+/// a 256-bit register, four to SSE2's) with no scalar tail. The columns
+/// keep their length between batches (padding throughout), so pushing is
+/// two stores.
 #[derive(Clone, Debug, Default)]
 pub struct Span {
+    len: usize,
+    /// Host of each event; padding: `u32::MAX`.
     nodes: Vec<u32>,
-    /// Event times in µs (exact in an f64 up to 2^53 µs, 285 years).
-    times: Vec<f64>,
-    xs: Vec<f64>,
-    ys: Vec<f64>,
+    /// Time of the first event, µs.
+    base: u64,
+    /// Each event's time as µs after `base`: whole numbers below
+    /// [`Span::MAX_OFFSET`], so exact in an `f32`. Padding: 0.
+    offsets: Vec<f32>,
+    /// The plane's coordinates, in µs of delay (`f32`; see `Plane`).
+    /// Padding: infinitely far.
+    xs: Vec<f32>,
+    ys: Vec<f32>,
 }
 
 impl Span {
+    /// How much later than its first event a span may go (8.4 s: a batch
+    /// is over long before, since events at most µs apart fill it).
+    pub const MAX_OFFSET: u64 = 1 << 23;
+    /// What the padded length is a multiple of.
+    pub const LANES: usize = 8;
+
+    /// Append an event; the caller (a model's `span_push`) fills in its
+    /// coordinates at index `len() - 1` if it keeps any.
+    #[inline]
     fn push(&mut self, a: usize, t: Time) {
-        self.nodes.push(a as u32);
-        self.times.push(t.0 as f64);
+        if self.len == 0 {
+            self.base = t.0;
+        }
+        debug_assert!(self.admits(t), "span pushed beyond MAX_OFFSET");
+        if self.len == self.nodes.len() {
+            let n = self.len + Self::LANES;
+            self.nodes.resize(n, u32::MAX);
+            self.offsets.resize(n, 0.0);
+            self.xs.resize(n, f32::INFINITY);
+            self.ys.resize(n, f32::INFINITY);
+        }
+        self.nodes[self.len] = a as u32;
+        self.offsets[self.len] = (t.0 - self.base) as f32;
+        self.len += 1;
+    }
+    /// How many column entries a bulk check reads: the events and the
+    /// padding up to the next multiple of `LANES`.
+    #[inline]
+    fn padded_len(&self) -> usize {
+        self.len.next_multiple_of(Self::LANES)
+    }
+    /// Whether an event at `t` (not before the first) is within reach of
+    /// the span's offsets.
+    pub fn admits(&self, t: Time) -> bool {
+        self.len == 0 || t.0 - self.base < Self::MAX_OFFSET
+    }
+    /// The events' hosts.
+    fn hosts(&self) -> &[u32] {
+        &self.nodes[..self.len]
+    }
+    /// The events' times, µs.
+    fn times(&self) -> impl Iterator<Item = u64> + '_ {
+        self.offsets[..self.len]
+            .iter()
+            .map(|&o| self.base + o as u64)
     }
     /// Whether some event of the span is at host `a`.
     pub fn contains(&self, a: usize) -> bool {
         let a = a as u32;
-        self.nodes.iter().fold(false, |hit, &n| hit | (n == a))
+        self.nodes[..self.padded_len()]
+            .iter()
+            .fold(false, |hit, &n| hit | (n == a))
     }
     /// Time of the first event (`None` if empty).
-    fn first(&self) -> Option<f64> {
-        self.times.first().copied()
+    fn first(&self) -> Option<u64> {
+        (self.len > 0).then_some(self.base)
     }
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len == 0
     }
+    /// Empty the span, turning the entries used back into padding.
     pub fn clear(&mut self) {
-        self.nodes.clear();
-        self.times.clear();
-        self.xs.clear();
-        self.ys.clear();
+        let used = self.padded_len();
+        self.nodes[..used].fill(u32::MAX);
+        self.offsets[..used].fill(0.0);
+        self.xs[..used].fill(f32::INFINITY);
+        self.ys[..used].fill(f32::INFINITY);
+        self.len = 0;
     }
 }
 
@@ -112,6 +171,8 @@ pub const PLANE_SIDE: f64 = 1000.0;
 /// Hosts uniform on a `PLANE_SIDE`² square; delay = distance × 0.1 ms.
 pub struct Plane {
     pos: Vec<(f64, f64)>,
+    /// Whether this CPU has AVX2, for the bulk separation check.
+    avx2: bool,
 }
 
 impl Plane {
@@ -120,12 +181,41 @@ impl Plane {
         let pos = (0..hosts)
             .map(|_| (rng.unit_f64() * PLANE_SIDE, rng.unit_f64() * PLANE_SIDE))
             .collect();
-        Plane { pos }
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        Plane { pos, avx2 }
     }
 
     pub fn position(&self, i: usize) -> (f64, f64) {
         self.pos[i]
     }
+}
+
+/// Whether some event of `span` not at host `b` is too near `(xb, yb)` at
+/// span offset `tb` (see `Plane::separated_from`). Whole vector steps: the
+/// padded length is a multiple of `Span::LANES`.
+#[inline(always)]
+fn span_near(span: &Span, xb: f32, yb: f32, tb: f32, b: u32) -> bool {
+    let n = span.padded_len();
+    let (nodes, offsets) = (&span.nodes[..n], &span.offsets[..n]);
+    let (xs, ys) = (&span.xs[..n], &span.ys[..n]);
+    let mut near = false;
+    for k in 0..n {
+        let (dx, dy) = (xs[k] - xb, ys[k] - yb);
+        let need = 2.0 * (tb - offsets[k]) + 1.75;
+        near |= (nodes[k] != b) & (dx * dx + dy * dy < need * need);
+    }
+    near
+}
+
+/// `span_near` compiled for AVX2: eight lanes a step instead of four.
+/// The same operations in the same order, so the same answers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn span_near_avx2(span: &Span, xb: f32, yb: f32, tb: f32, b: u32) -> bool {
+    span_near(span, xb, yb, tb, b)
 }
 
 impl Topology for Plane {
@@ -156,25 +246,36 @@ impl Topology for Plane {
     fn span_push(&self, span: &mut Span, a: usize, t: Time) {
         span.push(a, t);
         let (x, y) = self.pos[a];
-        span.xs.push(x);
-        span.ys.push(y);
+        let k = span.len - 1;
+        span.xs[k] = (x * PLANE_US_PER_UNIT) as f32;
+        span.ys[k] = (y * PLANE_US_PER_UNIT) as f32;
     }
     /// `separated` against the whole span at once, branch-free over its
-    /// columns (same arithmetic, so the same answers).
+    /// `f32` columns, with a margin that covers their rounding: it asks
+    /// for a distance of `2 gap + 1.75` µs where `separated` asks for
+    /// `2 gap + 1.5`. Coordinates below 10^5 µs are within 0.004 µs in an
+    /// `f32` and the squares within 10^-7 of themselves (0.015 µs on the
+    /// longest distance), so a yes here is a yes of `separated`; offsets
+    /// are exact. (It may say no where `separated` would say yes, within
+    /// a quarter µs: the batch just ends there.) Padding entries are
+    /// infinitely far, hence never near.
     fn separated_from(&self, span: &Span, b: usize, t: Time) -> bool {
-        let (xb, yb) = self.pos[b];
-        let (b32, tb) = (b as u32, t.0 as f64);
-        let per2 = PLANE_US_PER_UNIT * PLANE_US_PER_UNIT;
-        let mut near = false;
-        let n = span.nodes.len();
-        let (nodes, times) = (&span.nodes[..n], &span.times[..n]);
-        let (xs, ys) = (&span.xs[..n], &span.ys[..n]);
-        for k in 0..n {
-            let (dx, dy) = (xs[k] - xb, ys[k] - yb);
-            let need = 2.0 * (tb - times[k]) + 1.5;
-            near |= (nodes[k] != b32) & ((dx * dx + dy * dy) * per2 < need * need);
+        if span.is_empty() {
+            return true;
         }
-        !near
+        let (xb, yb) = self.pos[b];
+        let (xb, yb) = (
+            (xb * PLANE_US_PER_UNIT) as f32,
+            (yb * PLANE_US_PER_UNIT) as f32,
+        );
+        // `Sim` only asks for events the span admits: exact as an f32.
+        let tb = (t.0 - span.base) as f32;
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU has AVX2 (checked when the plane was made).
+            return unsafe { !span_near_avx2(span, xb, yb, tb, b as u32) };
+        }
+        !span_near(span, xb, yb, tb, b as u32)
     }
     fn as_of(&self, _i: usize) -> Option<u32> {
         None
@@ -507,9 +608,9 @@ impl Topology for TransitStub {
         let access = 2 * u64::from(self.params.access_us);
         match span.first() {
             None => true,
-            Some(first) if t.0 - (first as u64) < access => true,
-            Some(_) => span.nodes.iter().zip(&span.times).all(|(&a, &ta)| {
-                a as usize == b || self.separated(a as usize, b, Duration(t.0 - ta as u64))
+            Some(first) if t.0 - first < access => true,
+            Some(_) => span.hosts().iter().zip(span.times()).all(|(&a, ta)| {
+                a as usize == b || self.separated(a as usize, b, Duration(t.0 - ta))
             }),
         }
     }
@@ -611,17 +712,22 @@ mod tests {
     use super::*;
 
     /// The bulk check is the pairwise rule applied to every event of the
-    /// span at another host, and the pairwise rule never admits a pair
-    /// whose latency does not exceed the gap.
+    /// span at another host (the plane's may refuse a pair the rule would
+    /// admit by less than its quarter-µs margin, never the other way), and
+    /// the pairwise rule never admits a pair whose latency does not exceed
+    /// the gap.
     #[test]
     fn span_checks_agree_with_the_pairwise_rule() {
         let mut rng = Rng::new(5);
+        let mut stricter = 0;
         for topo in [
             AnyTopology::Plane(Plane::new(400, 1)),
             AnyTopology::TransitStub(TransitStub::new(400, 2)),
         ] {
+            // One span for all rounds: what `clear` leaves must not count.
+            let mut span = Span::default();
             for _ in 0..300 {
-                let mut span = Span::default();
+                span.clear();
                 let mut events = Vec::new();
                 let mut t = rng.below(1_000);
                 for _ in 0..rng.index(40) {
@@ -636,7 +742,16 @@ mod tests {
                 let want = events
                     .iter()
                     .all(|&(a, ta)| a == b || topo.separated(a, b, Duration(tb - ta)));
-                assert_eq!(topo.separated_from(&span, b, Time(tb)), want);
+                let bulk = topo.separated_from(&span, b, Time(tb));
+                assert!(!bulk || want, "bulk check admitted a pair the rule refuses");
+                if bulk != want {
+                    stricter += 1;
+                    // Only a pair at the margin can tell them apart.
+                    assert!(events.iter().any(|&(a, ta)| {
+                        let need = 2 * (tb - ta) + 2;
+                        a != b && topo.latency(a, b).0 <= need
+                    }));
+                }
                 assert_eq!(span.contains(b), events.iter().any(|&(a, _)| a == b));
                 for &(a, ta) in &events {
                     if a != b && topo.separated(a, b, Duration(tb - ta)) {
@@ -645,6 +760,90 @@ mod tests {
                 }
             }
         }
+        assert!(
+            stricter <= 3,
+            "{stricter} of 600 spans refused at the margin"
+        );
+    }
+
+    /// Right at the threshold, where rounding would show: for gaps around
+    /// half of each pair's distance, the plane's bulk check never admits
+    /// what the exact rule refuses, and refuses only within its margin.
+    #[test]
+    fn plane_bulk_check_is_safe_at_the_threshold() {
+        let plane = Plane::new(300, 3);
+        let mut refused_at_margin = 0;
+        for a in 0..300 {
+            let b = (a * 7 + 1) % 300;
+            if a == b {
+                continue;
+            }
+            let (xa, ya) = plane.position(a);
+            let (xb, yb) = plane.position(b);
+            let d = ((xa - xb).powi(2) + (ya - yb).powi(2)).sqrt() * PLANE_US_PER_UNIT;
+            let around = ((d - 1.5) / 2.0).floor() as u64;
+            for gap in around.saturating_sub(1)..=around + 1 {
+                let mut span = Span::default();
+                let t0 = 1_000_000;
+                plane.span_push(&mut span, a, Time(t0));
+                let bulk = plane.separated_from(&span, b, Time(t0 + gap));
+                let exact = plane.separated(a, b, Duration(gap));
+                assert!(!bulk || exact, "pair {a}-{b}: d {d} µs, gap {gap}");
+                if exact && !bulk {
+                    assert!(d < 2.0 * gap as f64 + 1.75 + 0.05, "d {d} gap {gap}");
+                    refused_at_margin += 1;
+                }
+            }
+        }
+        assert!(refused_at_margin < 150, "{refused_at_margin}");
+    }
+
+    /// The AVX2 build of the bulk check answers as the baseline one.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_bulk_check_matches_the_baseline() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let plane = Plane::new(200, 4);
+        let mut rng = Rng::new(8);
+        for _ in 0..500 {
+            let mut span = Span::default();
+            let mut t = 0;
+            for _ in 0..1 + rng.index(50) {
+                plane.span_push(&mut span, rng.index(200), Time(t));
+                t += rng.below(40);
+            }
+            let b = rng.index(200);
+            let (x, y) = plane.position(b);
+            let (x, y) = (
+                (x * PLANE_US_PER_UNIT) as f32,
+                (y * PLANE_US_PER_UNIT) as f32,
+            );
+            let tb = (t + rng.below(40)) as f32;
+            // SAFETY: AVX2 is present (checked above).
+            let fast = unsafe { span_near_avx2(&span, x, y, tb, b as u32) };
+            assert_eq!(fast, span_near(&span, x, y, tb, b as u32));
+        }
+    }
+
+    /// A span never reaches further than its offsets stay exact: the
+    /// simulator ends a batch at an event `MAX_OFFSET` after its first.
+    #[test]
+    fn spans_admit_events_within_max_offset_only() {
+        let plane = Plane::new(10, 1);
+        let mut span = Span::default();
+        assert!(span.admits(Time(u64::MAX / 2)));
+        plane.span_push(&mut span, 0, Time(5_000_000_000));
+        assert!(span.admits(Time(5_000_000_000 + Span::MAX_OFFSET - 1)));
+        assert!(!span.admits(Time(5_000_000_000 + Span::MAX_OFFSET)));
+        plane.span_push(&mut span, 1, Time(5_000_000_000 + Span::MAX_OFFSET - 1));
+        assert_eq!(
+            span.times().last(),
+            Some(5_000_000_000 + Span::MAX_OFFSET - 1)
+        );
+        span.clear();
+        assert!(span.admits(Time(0)));
     }
 
     #[test]
@@ -665,6 +864,7 @@ mod tests {
     fn plane_unit_is_a_tenth_of_a_millisecond() {
         let p = Plane {
             pos: vec![(0.0, 0.0), (300.0, 400.0)],
+            avx2: false,
         };
         assert_eq!(p.latency(0, 1), Duration::from_millis(50));
     }
