@@ -38,13 +38,18 @@ impl Engine for Node {
     }
     #[inline]
     fn poll_transmit(&mut self) -> Option<SimTransmit> {
-        Node::poll_transmit(self).map(|t| SimTransmit {
-            to: t.to,
-            channel: match t.channel {
-                Channel::Datagram => SimChannel::Datagram,
-                Channel::Stream => SimChannel::Stream,
-            },
-            bytes: t.into_bytes(),
+        Node::poll_transmit(self).map(|t| {
+            let (to, channel) = (t.to, t.channel);
+            let bytes = t.into_bytes();
+            SimTransmit {
+                to,
+                channel: match channel {
+                    Channel::Datagram => SimChannel::Datagram,
+                    Channel::Stream => SimChannel::Stream,
+                },
+                kind: bytes.get(1).copied().unwrap_or(0),
+                bytes,
+            }
         })
     }
     #[inline]

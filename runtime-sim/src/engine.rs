@@ -26,6 +26,11 @@ pub enum SimChannel {
 pub struct SimTransmit {
     pub to: PeerAddr,
     pub channel: SimChannel,
+    /// The engine's label for the message (`alm_core::Node`: the wire
+    /// header's type byte; 0 if it has none), so that observers can count
+    /// messages by kind without reading `bytes`: a worker thread wrote
+    /// them, and the simulator's thread would fetch them from its cache.
+    pub kind: u8,
     pub bytes: Bytes,
 }
 

@@ -90,6 +90,7 @@ impl FakeEngine {
         self.out.push_back(SimTransmit {
             to,
             channel: SimChannel::Datagram,
+            kind: 0,
             bytes,
         });
     }

@@ -281,8 +281,9 @@ where
 {
     #[inline]
     fn on_transmit(&mut self, _now: Time, _from: usize, t: &SimTransmit) {
-        if let Some(&ty) = t.bytes.get(1) {
-            self.by_type[ty as usize] += 1;
+        // (`kind` is the type byte, where there is one.)
+        if t.bytes.len() > 1 {
+            self.by_type[usize::from(t.kind)] += 1;
         }
     }
 

@@ -218,6 +218,7 @@ fn a_panic_on_a_worker_thread_reaches_the_caller() {
         .map(|i| SimTransmit {
             to: sim.addr(i),
             channel: SimChannel::Datagram,
+            kind: 0,
             bytes: Bytes::from_static(b"x"),
         })
         .collect();

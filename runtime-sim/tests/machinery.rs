@@ -35,6 +35,7 @@ impl Probe {
         self.out.push_back(SimTransmit {
             to: addr_of(to),
             channel,
+            kind: 0,
             bytes: Bytes::from_static(bytes),
         });
     }
@@ -287,6 +288,7 @@ fn drain_violations_are_counted() {
         e.late_transmit = Some(SimTransmit {
             to: addr_of(1),
             channel: SimChannel::Datagram,
+            kind: 0,
             bytes: Bytes::from_static(b"late"),
         });
     });
@@ -308,6 +310,7 @@ fn drain_violations_panic_when_strict() {
         e.late_transmit = Some(SimTransmit {
             to: addr_of(1),
             channel: SimChannel::Datagram,
+            kind: 0,
             bytes: Bytes::from_static(b"late"),
         });
     });
@@ -320,11 +323,13 @@ fn unknown_destinations_are_dropped_and_counted() {
         e.out.push_back(SimTransmit {
             to: unknown_addr(),
             channel: SimChannel::Datagram,
+            kind: 0,
             bytes: Bytes::new(),
         });
         e.out.push_back(SimTransmit {
             to: addr_of(5), // beyond the 1-node topology
             channel: SimChannel::Datagram,
+            kind: 0,
             bytes: Bytes::new(),
         });
     });
