@@ -568,13 +568,17 @@ impl Pastry {
         // Announce to everyone we know, with the RTT we measured to them so
         // they need not measure us back.
         let mut told: SmallVec<[NodeId; 64]> = SmallVec::new();
-        let known: Vec<(NodeHandle, u32)> = self
-            .leaves
-            .members()
-            .map(|l| (l.handle, RTT_UNKNOWN))
-            .chain(self.table.entries().map(|e| (e.handle, e.rtt)))
-            .chain(self.nbrs_with_rtt())
-            .collect();
+        // Sized up front: the leaf set's iterator cannot say how many it
+        // yields, so collecting would grow the Vec by doubling.
+        let mut known: Vec<(NodeHandle, u32)> =
+            Vec::with_capacity(self.leaves.len() + self.table.len() + self.nbrs.len());
+        known.extend(
+            self.leaves
+                .members()
+                .map(|l| (l.handle, RTT_UNKNOWN))
+                .chain(self.table.entries().map(|e| (e.handle, e.rtt)))
+                .chain(self.nbrs_with_rtt()),
+        );
         for (h, rtt) in known {
             if told.contains(&h.id) {
                 continue;
@@ -726,7 +730,10 @@ impl Pastry {
         }
         // One table lookup serves everything below that needs the entry
         // before the offer: `Some(its RTT)` if `h` holds its slot.
-        let held = self.table.entry(h.id).map(|e| e.rtt);
+        // The same lookup serves the offer to the table further down:
+        // nothing in between changes the table.
+        let slot = self.table.lookup(h.id);
+        let held = self.table.slot_entry(&slot).map(|e| e.rtt);
         if direct {
             self.dead.remove(&h.id);
         } else if self.dead.contains_key(&h.id)
@@ -768,7 +775,7 @@ impl Pastry {
         let measure = self.me.id.shared_prefix_len(h.id, self.cfg.b) < self.pns_rows();
         // (With a known RTT the offer also records it if `h` ends up in
         // the table, as newcomer or as holder.)
-        let offered = self.table.offer(h, rtt, heard_at);
+        let offered = self.table.offer_at(slot, h, rtt, heard_at);
         match offered {
             Offer::Inserted | Offer::Replaced(_) => {
                 self.table_changes = self.table_changes.saturating_add(1);
@@ -918,7 +925,7 @@ impl Pastry {
                 consider(e.rtt, e.handle);
             }
         }
-        for h in self.nbrs.handles() {
+        for (h, rtt) in self.nbrs.members() {
             if me.shared_prefix_len(h.id, b) < row {
                 continue;
             }
@@ -926,7 +933,12 @@ impl Pastry {
                 // A member in the table sits in a row of its shared
                 // prefix: seen above if measured.
                 Some(e) if e.rtt != RTT_UNKNOWN => {}
-                _ => consider(self.known_rtt_off_table(h.id), *h),
+                // `known_rtt_off_table`, knowing the neighbourhood set's
+                // RTT without looking the member up again.
+                _ => {
+                    let leaf = self.leaves.rtt(h.id);
+                    consider(if leaf != RTT_UNKNOWN { leaf } else { rtt }, h);
+                }
             }
         }
         let pick = rank.min(count.saturating_sub(1));
@@ -1393,29 +1405,28 @@ impl Pastry {
             rtt_hint: RTT_UNKNOWN,
             ..State::default()
         };
+        // Each list is sized up front for everything it may take (the
+        // filters drop at most the joiner): collecting through a filter
+        // would grow it by doubling.
         if next_row <= last_row {
-            state.table = (next_row..=last_row)
-                .flat_map(|r| self.table.row(r).map(|e| e.handle))
-                .filter(|h| h.id != joiner.id)
-                .collect();
+            let rows = self.table.rows_between(next_row, last_row + 1);
+            state.table = Vec::with_capacity(rows.len());
+            state
+                .table
+                .extend(rows.map(|e| e.handle).filter(|h| h.id != joiner.id));
         }
         if route.hops == 0 {
             state.flags |= sf::JOIN_CONTACT;
-            state.neighbors = self
-                .nbrs
-                .handles()
-                .copied()
-                .filter(|h| h.id != joiner.id)
-                .collect();
+            state.neighbors = Vec::with_capacity(self.nbrs.len());
+            state
+                .neighbors
+                .extend(self.nbrs.handles().copied().filter(|h| h.id != joiner.id));
         }
         if is_final {
             state.flags |= sf::JOIN_FINAL;
-            state.leaves = self
-                .leaves
-                .handles()
-                .into_iter()
-                .filter(|h| h.id != joiner.id)
-                .collect();
+            let mut leaves = self.leaves.handles();
+            leaves.retain(|h| h.id != joiner.id);
+            state.leaves = leaves;
         }
         self.send(joiner.addr, &Repr::State(state));
         let row_after = (last_row + 1).max(next_row).min(255) as u8;
@@ -1542,13 +1553,20 @@ impl Pastry {
                 if !self.is_active() {
                     return;
                 }
+                // Both lists sized up front (at most one entry more than
+                // they get): filling them by doubling took several
+                // allocations per reply.
                 let (table, table_rtts) = if row == NEIGHBORHOOD_ROW {
-                    self.nbrs.members().filter(|(h, _)| h.id != from.id).unzip()
+                    let n = self.nbrs.len();
+                    let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    lists.extend(self.nbrs.members().filter(|(h, _)| h.id != from.id));
+                    lists
                 } else {
-                    self.table
-                        .row(usize::from(row))
-                        .map(|e| (e.handle, e.rtt))
-                        .unzip()
+                    let entries = self.table.row(usize::from(row));
+                    let n = entries.len();
+                    let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    lists.extend(entries.map(|e| (e.handle, e.rtt)));
+                    lists
                 };
                 let state = State {
                     flags: sf::ROW | sf::TABLE_RTTS,
