@@ -439,16 +439,25 @@ impl Pastry {
     pub fn send_raw(&mut self, t: Transmit) {
         self.stats.msgs_sent += 1;
         self.stats.bytes_sent += t.len() as u64;
+        if self.transmits.len() == self.transmits.capacity() {
+            // A call that sends more than a few messages usually sends
+            // many (a join, a row of probes, a burst of replies): grow by
+            // four rather than two, for fewer reallocations and copies of
+            // the queue. `release_idle` gives the room back after the call.
+            let n = self.transmits.len();
+            self.transmits.reserve((3 * n).max(KEEP_QUEUE));
+        }
         self.transmits.push_back(t);
     }
 
     fn ping(&mut self, now: Time, h: NodeHandle, cause: ProbeCause) {
-        self.probe(now, h, cause, RTT_UNKNOWN);
+        self.probe(now, h, cause, None);
     }
 
-    /// `ping`, from a caller that already looked up `known_rtt(h.id)`
-    /// (`RTT_UNKNOWN`: look it up here, if a ping goes out).
-    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: u32) {
+    /// `ping`, from a caller that may already have looked up
+    /// `known_rtt(h.id)` (`None`: look it up here, if a ping goes out).
+    /// An unmeasured node's `Some(RTT_UNKNOWN)` spares the lookup too.
+    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: Option<u32>) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
             return;
         }
@@ -480,11 +489,7 @@ impl Pastry {
             ProbeCause::Liveness => &mut st.probes_liveness,
         } += 1;
         let flags = if active { PING_ACTIVE } else { 0 };
-        let rtt_hint = if known == RTT_UNKNOWN {
-            self.known_rtt(h.id)
-        } else {
-            known
-        };
+        let rtt_hint = known.unwrap_or_else(|| self.known_rtt(h.id));
         self.send(
             h.addr,
             &Repr::Ping {
@@ -803,7 +808,7 @@ impl Pastry {
         if let Some(cause) = want_probe {
             // Every table above now gives `rtt` as what we know of `h`.
             debug_assert_eq!(rtt, self.known_rtt(h.id));
-            self.probe(now, h, cause, rtt);
+            self.probe(now, h, cause, Some(rtt));
         }
     }
 
