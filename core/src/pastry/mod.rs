@@ -57,7 +57,7 @@ use crate::wire::pastry::{
 
 use leafset::{LeafSet, Side};
 use neighborhood::NeighborhoodSet;
-use table::{Offer, RoutingTable};
+use table::{Lookup, Offer, RoutingTable};
 
 /// What Pastry asks its owner to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -714,12 +714,20 @@ impl Pastry {
     /// ourselves (so it is alive; `handle` has already called `heard`);
     /// second-hand nodes are verified with a probe before they can matter.
     fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
-        self.offer_bounded(now, h, rtt, direct, Contest::Bounded(0));
+        self.offer_bounded(now, h, rtt, direct, Contest::Bounded(0), None);
+    }
+
+    /// `offer` of the sender of the message being handled, first-hand,
+    /// with the routing-table `lookup` that `heard` made of it (the table
+    /// has not changed since).
+    fn offer_heard(&mut self, now: Time, from: NodeHandle, rtt: u32, slot: Lookup) {
+        self.offer_bounded(now, from, rtt, true, Contest::Bounded(0), Some(slot));
     }
 
     /// `offer`, saying when a second-hand candidate is worth an RTT probe
     /// against the measured holder of its routing-table slot (see
-    /// [`Contest`]).
+    /// [`Contest`]). `slot` is the routing table's `lookup` of `h.id` if
+    /// the caller made one since the table last changed.
     fn offer_bounded(
         &mut self,
         now: Time,
@@ -727,6 +735,7 @@ impl Pastry {
         rtt: u32,
         direct: bool,
         contest: Contest,
+        slot: Option<Lookup>,
     ) {
         // Our own id, or someone else's id at our address (forged, or a
         // stale entry of a node that ran here before): never a peer.
@@ -737,7 +746,7 @@ impl Pastry {
         // before the offer: `Some(its RTT)` if `h` holds its slot.
         // The same lookup serves the offer to the table further down:
         // nothing in between changes the table.
-        let slot = self.table.lookup(h.id);
+        let slot = slot.unwrap_or_else(|| self.table.lookup(h.id));
         let held = self.table.slot_entry(&slot).map(|e| e.rtt);
         if direct {
             self.dead.remove(&h.id);
@@ -812,13 +821,17 @@ impl Pastry {
         }
     }
 
-    /// Something arrived from `from`: it is alive.
-    fn heard(&mut self, now: Time, from: NodeHandle) {
+    /// Something arrived from `from`: it is alive. Returns the routing
+    /// table's lookup of it, for the offer of `from` that most messages
+    /// make next (`offer_heard`).
+    fn heard(&mut self, now: Time, from: NodeHandle) -> Lookup {
         self.leaves.heard(from.id, now);
-        self.table.heard(from.id, now);
+        let slot = self.table.lookup(from.id);
+        self.table.heard_at(&slot, now);
         if let Some(p) = self.probes.get_mut(&from.id) {
             p.heard = true;
         }
+        slot
     }
 
     // ----- failure handling ---------------------------------------------
@@ -1446,7 +1459,7 @@ impl Pastry {
             self.stats.dropped_self += 1;
             return;
         }
-        self.heard(now, from);
+        let slot = self.heard(now, from);
         match repr {
             Repr::Route(route) => {
                 let joiner_first_hop = route.service == Service::Join && route.hops == 0;
@@ -1477,13 +1490,13 @@ impl Pastry {
                     self.acks.remove(&hop_id);
                 }
             }
-            Repr::State(state) => self.on_state(now, from, state),
+            Repr::State(state) => self.on_state(now, from, state, slot),
             Repr::Announce { rtt_hint } => {
                 if !self.is_active() {
                     self.stats.dropped_not_joined += 1;
                     return;
                 }
-                self.offer(now, from, rtt_hint, true);
+                self.offer_heard(now, from, rtt_hint, slot);
                 if self.leaves.contains(from.id) {
                     let leaves = self.leaves.handles();
                     let state = State {
@@ -1506,7 +1519,7 @@ impl Pastry {
                     // is half of that: ask it to report what our pong
                     // measures instead of pinging it back.
                     self.fold_probe = Some((from.id, false));
-                    self.offer(now, from, rtt_hint, true);
+                    self.offer_heard(now, from, rtt_hint, slot);
                     if let Some((_, true)) = self.fold_probe.take() {
                         pong_flags = PONG_WANT_RTT;
                     }
@@ -1520,7 +1533,7 @@ impl Pastry {
             Repr::RttReport { rtt } => {
                 if self.is_active() {
                     let rtt = rtt.clamp(1, RTT_UNKNOWN - 1);
-                    self.offer(now, from, rtt, true);
+                    self.offer_heard(now, from, rtt, slot);
                 }
             }
             Repr::Pong { token, flags } => {
@@ -1534,7 +1547,7 @@ impl Pastry {
                     .as_micros()
                     .saturating_sub(token)
                     .clamp(1, u64::from(RTT_UNKNOWN - 1));
-                self.offer(now, from, rtt as u32, true);
+                self.offer_heard(now, from, rtt as u32, slot);
                 if flags & PONG_WANT_RTT != 0 {
                     let report = Repr::RttReport { rtt: rtt as u32 };
                     self.send(from.addr, &report);
@@ -1606,7 +1619,7 @@ impl Pastry {
         }
     }
 
-    fn on_state(&mut self, now: Time, from: NodeHandle, state: State) {
+    fn on_state(&mut self, now: Time, from: NodeHandle, state: State, slot: Lookup) {
         let joining = matches!(self.phase, Phase::Joining { .. });
         let join_flags = sf::JOIN_ROWS | sf::JOIN_FINAL | sf::JOIN_CONTACT;
         let refreshing = self.is_active() && now < self.refresh_until;
@@ -1616,7 +1629,7 @@ impl Pastry {
             self.stats.dropped_unexpected += 1;
             return;
         }
-        self.offer(now, from, state.rtt_hint, true);
+        self.offer_heard(now, from, state.rtt_hint, slot);
         // With the sender's RTT to each table entry, the triangle inequality
         // bounds ours from below: rtt(us, e) >= rtt(sender, e) - rtt(us, sender).
         let to_sender = self.known_rtt(from.id);
@@ -1626,7 +1639,7 @@ impl Pastry {
                 Some(&r) if with_rtts && r != RTT_UNKNOWN => r.saturating_sub(to_sender),
                 _ => 0,
             };
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, Contest::Bounded(floor));
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, Contest::Bounded(floor), None);
         }
         // A leaf set lists the nodes nearest the sender in id space, hence
         // near us in id space, not in the network: for an occupied slot of
@@ -1642,7 +1655,7 @@ impl Pastry {
             Contest::Bounded(0)
         };
         for h in &state.leaves {
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, leaf_contest);
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, leaf_contest, None);
         }
         for h in &state.neighbors {
             self.offer(now, *h, RTT_UNKNOWN, false);

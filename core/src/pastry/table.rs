@@ -204,6 +204,18 @@ impl RoutingTable {
         (e.handle.id == at.id).then_some(e)
     }
 
+    /// `heard`, for the node looked up (with a `lookup` made since the
+    /// table last changed; marking it heard does not change the table).
+    #[inline]
+    pub fn heard_at(&mut self, at: &Lookup, now: Time) {
+        debug_assert_eq!(at.found, self.lookup(at.id).found, "stale lookup");
+        if let Some((_, Ok(i))) = at.found
+            && self.entries[i].handle.id == at.id
+        {
+            self.entries[i].heard = now;
+        }
+    }
+
     /// Offer a candidate with its RTT if known. If it fills or takes a
     /// slot, it is recorded as heard from at `heard` (`Time::ZERO` for a
     /// node known only second-hand). A candidate already in its slot gets
