@@ -386,6 +386,10 @@ impl Node {
     /// Next message to send. Drain until `None` after every `handle_*` or
     /// command call.
     #[must_use]
+    // The `poll_*` are called several times per event, from the runtime's
+    // crate: inlined there, the 144-byte `Transmit` is not copied through
+    // a return slot and back.
+    #[inline]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.pastry.transmits.pop_front()
     }
@@ -393,6 +397,7 @@ impl Node {
     /// Next event for the application. Drain until `None` after every
     /// `handle_*` or command call.
     #[must_use]
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -419,6 +424,7 @@ impl Node {
 
     /// When `handle_timeout` should next be called. Read it after draining.
     #[must_use]
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Time> {
         self.pastry.poll_timeout().map(|(t, _)| t)
     }
