@@ -925,42 +925,51 @@ impl Pastry {
         // neighbourhood set members sharing as many, each once; ranked by
         // (RTT, id), which no two share. Only the `rank + 1` first are
         // kept, in order.
+        // `best` holds the first `min(candidates, rank + 1)`, so the one
+        // to ask is its last: the `rank`-th nearest, or the farthest of
+        // fewer.
         let mut best: SmallVec<[(u32, NodeHandle); 4]> = SmallVec::new();
-        let mut count: usize = 0;
-        let mut consider = |rtt: u32, h: NodeHandle| {
-            count += 1;
+        // Whether a candidate ranked `key` would be kept: there is room,
+        // or it ranks no later than the last kept.
+        let wanted = |best: &[(u32, NodeHandle)], key: (u32, NodeId)| {
+            best.len() <= rank || best.last().is_some_and(|(r, c)| key <= (*r, c.id))
+        };
+        let consider = |best: &mut SmallVec<[(u32, NodeHandle); 4]>, rtt: u32, h: NodeHandle| {
             let key = (rtt, h.id);
-            let at = best.partition_point(|(r, c)| (*r, c.id) < key);
-            if at <= rank {
-                if best.len() > rank {
-                    best.pop();
-                }
-                best.insert(at, (rtt, h));
+            if !wanted(best, key) {
+                return;
             }
+            let at = best.partition_point(|(r, c)| (*r, c.id) < key);
+            if best.len() > rank {
+                best.pop();
+            }
+            best.insert(at, (rtt, h));
         };
         for e in self.table.rows_from(row) {
             if e.rtt != RTT_UNKNOWN {
-                consider(e.rtt, e.handle);
+                consider(&mut best, e.rtt, e.handle);
             }
         }
         for (h, rtt) in self.nbrs.members() {
             if me.shared_prefix_len(h.id, b) < row {
                 continue;
             }
+            // `known_rtt_off_table`, knowing the neighbourhood set's RTT
+            // without looking the member up again.
+            let leaf = self.leaves.rtt(h.id);
+            let rtt = if leaf != RTT_UNKNOWN { leaf } else { rtt };
+            // One that would not be kept needs no duplicate check.
+            if !wanted(&best, (rtt, h.id)) {
+                continue;
+            }
             match self.table.entry(h.id) {
                 // A member in the table sits in a row of its shared
                 // prefix: seen above if measured.
                 Some(e) if e.rtt != RTT_UNKNOWN => {}
-                // `known_rtt_off_table`, knowing the neighbourhood set's
-                // RTT without looking the member up again.
-                _ => {
-                    let leaf = self.leaves.rtt(h.id);
-                    consider(if leaf != RTT_UNKNOWN { leaf } else { rtt }, h);
-                }
+                _ => consider(&mut best, rtt, h),
             }
         }
-        let pick = rank.min(count.saturating_sub(1));
-        match best.get(pick) {
+        match best.last() {
             Some((_, h)) => {
                 let to = h.addr;
                 self.send(to, &Repr::RowRequest { row: row as u8 });
