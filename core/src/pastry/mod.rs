@@ -439,14 +439,6 @@ impl Pastry {
     pub fn send_raw(&mut self, t: Transmit) {
         self.stats.msgs_sent += 1;
         self.stats.bytes_sent += t.len() as u64;
-        if self.transmits.len() == self.transmits.capacity() {
-            // A call that sends more than a few messages usually sends
-            // many (a join, a row of probes, a burst of replies): grow by
-            // four rather than two, for fewer reallocations and copies of
-            // the queue. `release_idle` gives the room back after the call.
-            let n = self.transmits.len();
-            self.transmits.reserve((3 * n).max(KEEP_QUEUE));
-        }
         self.transmits.push_back(t);
     }
 
