@@ -162,7 +162,9 @@ struct PendingHop {
 
 #[derive(Debug, Clone, Copy)]
 struct Probe {
-    handle: NodeHandle,
+    /// Where to send retries (the id is the map's key): an address rather
+    /// than a whole handle keeps a map entry at 64 bytes.
+    addr: PeerAddr,
     deadline: Time,
     sent: u8,
     /// Something arrived from the node since the probe went out.
@@ -464,7 +466,7 @@ impl Pastry {
         self.probes.insert(
             h.id,
             Probe {
-                handle: h,
+                addr: h.addr,
                 deadline,
                 sent: 1,
                 heard: false,
@@ -1232,7 +1234,7 @@ impl Pastry {
         if p.sent < self.cfg.probe_attempts {
             p.sent += 1;
             p.deadline = now + self.cfg.probe_timeout;
-            let (deadline, addr) = (p.deadline, p.handle.addr);
+            let (deadline, addr) = (p.deadline, p.addr);
             self.arm_probes(deadline);
             let flags = if self.is_active() { PING_ACTIVE } else { 0 };
             let rtt_hint = self.known_rtt(id);
@@ -1926,5 +1928,6 @@ mod tests {
             }
         }
         assert_eq!(core::mem::size_of::<TimerEntry>(), 24);
+        assert_eq!(core::mem::size_of::<(NodeId, Probe)>(), 64);
     }
 }
