@@ -530,7 +530,23 @@ impl Node {
     /// Services react to each other (a DHT result makes the management
     /// service send the next request, which may be delivered here at once),
     /// so this loops until every queue is empty.
+    #[inline]
     fn drain_upcalls(&mut self, now: Time) {
+        // Most calls leave nothing to act on: answer that inline, without
+        // entering the loop below (whose frame is large).
+        if self.pastry.upcalls.is_empty()
+            && self.dht.results.is_empty()
+            && self.mgmt.events.is_empty()
+            && self.scribe.events.is_empty()
+        {
+            return;
+        }
+        self.drain_pending(now);
+    }
+
+    /// `drain_upcalls` once something is pending.
+    #[inline(never)]
+    fn drain_pending(&mut self, now: Time) {
         loop {
             let mut idle = true;
             while let Some(u) = self.pastry.upcalls.pop_front() {

@@ -125,6 +125,7 @@ impl TimerEntry {
         TimerEntry { at: at.0, tag, arg }
     }
 
+    #[inline]
     fn get(self) -> (Time, TimerKind) {
         let kind = match self.tag {
             0 => TimerKind::Keepalive,
@@ -372,7 +373,9 @@ impl Pastry {
         self.timers.push(Reverse(TimerEntry::new(at, kind)));
     }
 
-    /// Earliest deadline and its reason.
+    /// Earliest deadline and its reason. (Inlined: the runtime reads it
+    /// after every call, through `Node::poll_timeout`.)
+    #[inline]
     pub fn poll_timeout(&self) -> Option<(Time, TimerKind)> {
         self.timers.peek().map(|Reverse(t)| t.get())
     }
