@@ -569,23 +569,28 @@ impl Pastry {
         self.estimate_pns_rows();
         // Announce to everyone we know, with the RTT we measured to them so
         // they need not measure us back.
-        let mut told: SmallVec<[NodeId; 64]> = SmallVec::new();
-        // Sized up front: the leaf set's iterator cannot say how many it
-        // yields, so collecting would grow the Vec by doubling.
+        // Each node once, where it first appears: leaves, then table
+        // entries, then neighbours. Within a group ids are distinct, so a
+        // repeat is a table entry that is also a leaf, or a neighbour that
+        // is also either; asking the leaf set and the table spares
+        // comparing every pair. (Sized up front: the leaf set's iterator
+        // cannot say how many it yields.)
         let mut known: Vec<(NodeHandle, u32)> =
             Vec::with_capacity(self.leaves.len() + self.table.len() + self.nbrs.len());
+        known.extend(self.leaves.members().map(|l| (l.handle, RTT_UNKNOWN)));
         known.extend(
-            self.leaves
-                .members()
-                .map(|l| (l.handle, RTT_UNKNOWN))
-                .chain(self.table.entries().map(|e| (e.handle, e.rtt)))
-                .chain(self.nbrs_with_rtt()),
+            self.table
+                .entries()
+                .filter(|e| !self.leaves.contains(e.handle.id))
+                .map(|e| (e.handle, e.rtt)),
+        );
+        known.extend(
+            self.nbrs
+                .handles()
+                .filter(|h| !self.leaves.contains(h.id) && !self.table.contains(h.id))
+                .map(|h| (*h, self.known_rtt(h.id))),
         );
         for (h, rtt) in known {
-            if told.contains(&h.id) {
-                continue;
-            }
-            told.push(h.id);
             let rtt = if rtt == RTT_UNKNOWN {
                 self.known_rtt(h.id)
             } else {
@@ -604,10 +609,6 @@ impl Pastry {
             self.set_timer(now + Duration::from_secs(2), TimerKind::Refine(0));
         }
         self.upcalls.push_back(Upcall::Joined);
-    }
-
-    fn nbrs_with_rtt(&self) -> impl Iterator<Item = (NodeHandle, u32)> + '_ {
-        self.nbrs.handles().map(|h| (*h, self.known_rtt(h.id)))
     }
 
     /// The leaf set changed: tell the neighbours within a second rather
