@@ -419,7 +419,26 @@ impl Pastry {
     /// Give back the memory of queues and maps that are idle between calls
     /// (see `Node::release_idle_memory`); only allocations change, never
     /// contents.
+    ///
+    /// Inlined, with the work out of line: it runs after every call, and
+    /// nearly always finds nothing to give back.
+    #[inline]
     pub(crate) fn release_idle(&mut self) {
+        let (len, cap) = (self.timers.len(), self.timers.capacity());
+        if (self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE)
+            || (self.upcalls.is_empty() && self.upcalls.capacity() > KEEP_QUEUE)
+            || (self.acks.is_empty() && self.acks.capacity() != 0)
+            || (self.probes.is_empty() && self.probes.capacity() != 0)
+            || (self.dead.is_empty() && self.dead.capacity() != 0)
+            || (cap > 4 && len <= cap / 4)
+        {
+            self.release_idle_now();
+        }
+    }
+
+    /// `release_idle` once it found something to give back.
+    #[inline(never)]
+    fn release_idle_now(&mut self) {
         // Small queues stay: nearly every call refills them, and a few
         // hundred bytes per node cost less than an allocation per message.
         if self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE {
