@@ -43,6 +43,7 @@ impl Transmit {
     }
 
     /// Length on the wire.
+    #[inline]
     pub fn len(&self) -> usize {
         self.header.len() + self.body.len()
     }
@@ -53,6 +54,7 @@ impl Transmit {
 
     /// The wire bytes as one buffer. Free when the header is empty; one copy
     /// otherwise (runtimes that can, send `header` and `body` as two iovecs).
+    #[inline]
     pub fn into_bytes(self) -> Bytes {
         if self.header.is_empty() {
             return self.body;

@@ -57,7 +57,7 @@ use crate::wire::pastry::{
 
 use leafset::{LeafSet, Side};
 use neighborhood::NeighborhoodSet;
-use table::{Offer, RoutingTable};
+use table::{Lookup, Offer, RoutingTable};
 
 /// What Pastry asks its owner to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +125,7 @@ impl TimerEntry {
         TimerEntry { at: at.0, tag, arg }
     }
 
+    #[inline]
     fn get(self) -> (Time, TimerKind) {
         let kind = match self.tag {
             0 => TimerKind::Keepalive,
@@ -162,7 +163,9 @@ struct PendingHop {
 
 #[derive(Debug, Clone, Copy)]
 struct Probe {
-    handle: NodeHandle,
+    /// Where to send retries (the id is the map's key): an address rather
+    /// than a whole handle keeps a map entry at 64 bytes.
+    addr: PeerAddr,
     deadline: Time,
     sent: u8,
     /// Something arrived from the node since the probe went out.
@@ -370,7 +373,9 @@ impl Pastry {
         self.timers.push(Reverse(TimerEntry::new(at, kind)));
     }
 
-    /// Earliest deadline and its reason.
+    /// Earliest deadline and its reason. (Inlined: the runtime reads it
+    /// after every call, through `Node::poll_timeout`.)
+    #[inline]
     pub fn poll_timeout(&self) -> Option<(Time, TimerKind)> {
         self.timers.peek().map(|Reverse(t)| t.get())
     }
@@ -414,7 +419,26 @@ impl Pastry {
     /// Give back the memory of queues and maps that are idle between calls
     /// (see `Node::release_idle_memory`); only allocations change, never
     /// contents.
+    ///
+    /// Inlined, with the work out of line: it runs after every call, and
+    /// nearly always finds nothing to give back.
+    #[inline]
     pub(crate) fn release_idle(&mut self) {
+        let (len, cap) = (self.timers.len(), self.timers.capacity());
+        if (self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE)
+            || (self.upcalls.is_empty() && self.upcalls.capacity() > KEEP_QUEUE)
+            || (self.acks.is_empty() && self.acks.capacity() != 0)
+            || (self.probes.is_empty() && self.probes.capacity() != 0)
+            || (self.dead.is_empty() && self.dead.capacity() != 0)
+            || (cap > 4 && len <= cap / 4)
+        {
+            self.release_idle_now();
+        }
+    }
+
+    /// `release_idle` once it found something to give back.
+    #[inline(never)]
+    fn release_idle_now(&mut self) {
         // Small queues stay: nearly every call refills them, and a few
         // hundred bytes per node cost less than an allocation per message.
         if self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE {
@@ -443,12 +467,13 @@ impl Pastry {
     }
 
     fn ping(&mut self, now: Time, h: NodeHandle, cause: ProbeCause) {
-        self.probe(now, h, cause, RTT_UNKNOWN);
+        self.probe(now, h, cause, None);
     }
 
-    /// `ping`, from a caller that already looked up `known_rtt(h.id)`
-    /// (`RTT_UNKNOWN`: look it up here, if a ping goes out).
-    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: u32) {
+    /// `ping`, from a caller that may already have looked up
+    /// `known_rtt(h.id)` (`None`: look it up here, if a ping goes out).
+    /// An unmeasured node's `Some(RTT_UNKNOWN)` spares the lookup too.
+    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: Option<u32>) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
             return;
         }
@@ -463,7 +488,7 @@ impl Pastry {
         self.probes.insert(
             h.id,
             Probe {
-                handle: h,
+                addr: h.addr,
                 deadline,
                 sent: 1,
                 heard: false,
@@ -480,11 +505,7 @@ impl Pastry {
             ProbeCause::Liveness => &mut st.probes_liveness,
         } += 1;
         let flags = if active { PING_ACTIVE } else { 0 };
-        let rtt_hint = if known == RTT_UNKNOWN {
-            self.known_rtt(h.id)
-        } else {
-            known
-        };
+        let rtt_hint = known.unwrap_or_else(|| self.known_rtt(h.id));
         self.send(
             h.addr,
             &Repr::Ping {
@@ -567,19 +588,28 @@ impl Pastry {
         self.estimate_pns_rows();
         // Announce to everyone we know, with the RTT we measured to them so
         // they need not measure us back.
-        let mut told: SmallVec<[NodeId; 64]> = SmallVec::new();
-        let known: Vec<(NodeHandle, u32)> = self
-            .leaves
-            .members()
-            .map(|l| (l.handle, RTT_UNKNOWN))
-            .chain(self.table.entries().map(|e| (e.handle, e.rtt)))
-            .chain(self.nbrs_with_rtt())
-            .collect();
+        // Each node once, where it first appears: leaves, then table
+        // entries, then neighbours. Within a group ids are distinct, so a
+        // repeat is a table entry that is also a leaf, or a neighbour that
+        // is also either; asking the leaf set and the table spares
+        // comparing every pair. (Sized up front: the leaf set's iterator
+        // cannot say how many it yields.)
+        let mut known: Vec<(NodeHandle, u32)> =
+            Vec::with_capacity(self.leaves.len() + self.table.len() + self.nbrs.len());
+        known.extend(self.leaves.members().map(|l| (l.handle, RTT_UNKNOWN)));
+        known.extend(
+            self.table
+                .entries()
+                .filter(|e| !self.leaves.contains(e.handle.id))
+                .map(|e| (e.handle, e.rtt)),
+        );
+        known.extend(
+            self.nbrs
+                .handles()
+                .filter(|h| !self.leaves.contains(h.id) && !self.table.contains(h.id))
+                .map(|h| (*h, self.known_rtt(h.id))),
+        );
         for (h, rtt) in known {
-            if told.contains(&h.id) {
-                continue;
-            }
-            told.push(h.id);
             let rtt = if rtt == RTT_UNKNOWN {
                 self.known_rtt(h.id)
             } else {
@@ -598,10 +628,6 @@ impl Pastry {
             self.set_timer(now + Duration::from_secs(2), TimerKind::Refine(0));
         }
         self.upcalls.push_back(Upcall::Joined);
-    }
-
-    fn nbrs_with_rtt(&self) -> impl Iterator<Item = (NodeHandle, u32)> + '_ {
-        self.nbrs.handles().map(|h| (*h, self.known_rtt(h.id)))
     }
 
     /// The leaf set changed: tell the neighbours within a second rather
@@ -705,12 +731,20 @@ impl Pastry {
     /// ourselves (so it is alive; `handle` has already called `heard`);
     /// second-hand nodes are verified with a probe before they can matter.
     fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
-        self.offer_bounded(now, h, rtt, direct, Contest::Bounded(0));
+        self.offer_bounded(now, h, rtt, direct, Contest::Bounded(0), None);
+    }
+
+    /// `offer` of the sender of the message being handled, first-hand,
+    /// with the routing-table `lookup` that `heard` made of it (the table
+    /// has not changed since).
+    fn offer_heard(&mut self, now: Time, from: NodeHandle, rtt: u32, slot: Lookup) {
+        self.offer_bounded(now, from, rtt, true, Contest::Bounded(0), Some(slot));
     }
 
     /// `offer`, saying when a second-hand candidate is worth an RTT probe
     /// against the measured holder of its routing-table slot (see
-    /// [`Contest`]).
+    /// [`Contest`]). `slot` is the routing table's `lookup` of `h.id` if
+    /// the caller made one since the table last changed.
     fn offer_bounded(
         &mut self,
         now: Time,
@@ -718,6 +752,7 @@ impl Pastry {
         rtt: u32,
         direct: bool,
         contest: Contest,
+        slot: Option<Lookup>,
     ) {
         // Our own id, or someone else's id at our address (forged, or a
         // stale entry of a node that ran here before): never a peer.
@@ -726,7 +761,10 @@ impl Pastry {
         }
         // One table lookup serves everything below that needs the entry
         // before the offer: `Some(its RTT)` if `h` holds its slot.
-        let held = self.table.entry(h.id).map(|e| e.rtt);
+        // The same lookup serves the offer to the table further down:
+        // nothing in between changes the table.
+        let slot = slot.unwrap_or_else(|| self.table.lookup(h.id));
+        let held = self.table.slot_entry(&slot).map(|e| e.rtt);
         if direct {
             self.dead.remove(&h.id);
         } else if self.dead.contains_key(&h.id)
@@ -768,7 +806,7 @@ impl Pastry {
         let measure = self.me.id.shared_prefix_len(h.id, self.cfg.b) < self.pns_rows();
         // (With a known RTT the offer also records it if `h` ends up in
         // the table, as newcomer or as holder.)
-        let offered = self.table.offer(h, rtt, heard_at);
+        let offered = self.table.offer_at(slot, h, rtt, heard_at);
         match offered {
             Offer::Inserted | Offer::Replaced(_) => {
                 self.table_changes = self.table_changes.saturating_add(1);
@@ -796,17 +834,21 @@ impl Pastry {
         if let Some(cause) = want_probe {
             // Every table above now gives `rtt` as what we know of `h`.
             debug_assert_eq!(rtt, self.known_rtt(h.id));
-            self.probe(now, h, cause, rtt);
+            self.probe(now, h, cause, Some(rtt));
         }
     }
 
-    /// Something arrived from `from`: it is alive.
-    fn heard(&mut self, now: Time, from: NodeHandle) {
+    /// Something arrived from `from`: it is alive. Returns the routing
+    /// table's lookup of it, for the offer of `from` that most messages
+    /// make next (`offer_heard`).
+    fn heard(&mut self, now: Time, from: NodeHandle) -> Lookup {
         self.leaves.heard(from.id, now);
-        self.table.heard(from.id, now);
+        let slot = self.table.lookup(from.id);
+        self.table.heard_at(&slot, now);
         if let Some(p) = self.probes.get_mut(&from.id) {
             p.heard = true;
         }
+        slot
     }
 
     // ----- failure handling ---------------------------------------------
@@ -900,37 +942,51 @@ impl Pastry {
         // neighbourhood set members sharing as many, each once; ranked by
         // (RTT, id), which no two share. Only the `rank + 1` first are
         // kept, in order.
+        // `best` holds the first `min(candidates, rank + 1)`, so the one
+        // to ask is its last: the `rank`-th nearest, or the farthest of
+        // fewer.
         let mut best: SmallVec<[(u32, NodeHandle); 4]> = SmallVec::new();
-        let mut count: usize = 0;
-        let mut consider = |rtt: u32, h: NodeHandle| {
-            count += 1;
+        // Whether a candidate ranked `key` would be kept: there is room,
+        // or it ranks no later than the last kept.
+        let wanted = |best: &[(u32, NodeHandle)], key: (u32, NodeId)| {
+            best.len() <= rank || best.last().is_some_and(|(r, c)| key <= (*r, c.id))
+        };
+        let consider = |best: &mut SmallVec<[(u32, NodeHandle); 4]>, rtt: u32, h: NodeHandle| {
             let key = (rtt, h.id);
-            let at = best.partition_point(|(r, c)| (*r, c.id) < key);
-            if at <= rank {
-                if best.len() > rank {
-                    best.pop();
-                }
-                best.insert(at, (rtt, h));
+            if !wanted(best, key) {
+                return;
             }
+            let at = best.partition_point(|(r, c)| (*r, c.id) < key);
+            if best.len() > rank {
+                best.pop();
+            }
+            best.insert(at, (rtt, h));
         };
         for e in self.table.rows_from(row) {
             if e.rtt != RTT_UNKNOWN {
-                consider(e.rtt, e.handle);
+                consider(&mut best, e.rtt, e.handle);
             }
         }
-        for h in self.nbrs.handles() {
+        for (h, rtt) in self.nbrs.members() {
             if me.shared_prefix_len(h.id, b) < row {
+                continue;
+            }
+            // `known_rtt_off_table`, knowing the neighbourhood set's RTT
+            // without looking the member up again.
+            let leaf = self.leaves.rtt(h.id);
+            let rtt = if leaf != RTT_UNKNOWN { leaf } else { rtt };
+            // One that would not be kept needs no duplicate check.
+            if !wanted(&best, (rtt, h.id)) {
                 continue;
             }
             match self.table.entry(h.id) {
                 // A member in the table sits in a row of its shared
                 // prefix: seen above if measured.
                 Some(e) if e.rtt != RTT_UNKNOWN => {}
-                _ => consider(self.known_rtt_off_table(h.id), *h),
+                _ => consider(&mut best, rtt, h),
             }
         }
-        let pick = rank.min(count.saturating_sub(1));
-        match best.get(pick) {
+        match best.last() {
             Some((_, h)) => {
                 let to = h.addr;
                 self.send(to, &Repr::RowRequest { row: row as u8 });
@@ -1201,7 +1257,7 @@ impl Pastry {
         if p.sent < self.cfg.probe_attempts {
             p.sent += 1;
             p.deadline = now + self.cfg.probe_timeout;
-            let (deadline, addr) = (p.deadline, p.handle.addr);
+            let (deadline, addr) = (p.deadline, p.addr);
             self.arm_probes(deadline);
             let flags = if self.is_active() { PING_ACTIVE } else { 0 };
             let rtt_hint = self.known_rtt(id);
@@ -1393,29 +1449,28 @@ impl Pastry {
             rtt_hint: RTT_UNKNOWN,
             ..State::default()
         };
+        // Each list is sized up front for everything it may take (the
+        // filters drop at most the joiner): collecting through a filter
+        // would grow it by doubling.
         if next_row <= last_row {
-            state.table = (next_row..=last_row)
-                .flat_map(|r| self.table.row(r).map(|e| e.handle))
-                .filter(|h| h.id != joiner.id)
-                .collect();
+            let rows = self.table.rows_between(next_row, last_row + 1);
+            state.table = Vec::with_capacity(rows.len());
+            state
+                .table
+                .extend(rows.map(|e| e.handle).filter(|h| h.id != joiner.id));
         }
         if route.hops == 0 {
             state.flags |= sf::JOIN_CONTACT;
-            state.neighbors = self
-                .nbrs
-                .handles()
-                .copied()
-                .filter(|h| h.id != joiner.id)
-                .collect();
+            state.neighbors = Vec::with_capacity(self.nbrs.len());
+            state
+                .neighbors
+                .extend(self.nbrs.handles().copied().filter(|h| h.id != joiner.id));
         }
         if is_final {
             state.flags |= sf::JOIN_FINAL;
-            state.leaves = self
-                .leaves
-                .handles()
-                .into_iter()
-                .filter(|h| h.id != joiner.id)
-                .collect();
+            let mut leaves = self.leaves.handles();
+            leaves.retain(|h| h.id != joiner.id);
+            state.leaves = leaves;
         }
         self.send(joiner.addr, &Repr::State(state));
         let row_after = (last_row + 1).max(next_row).min(255) as u8;
@@ -1430,7 +1485,7 @@ impl Pastry {
             self.stats.dropped_self += 1;
             return;
         }
-        self.heard(now, from);
+        let slot = self.heard(now, from);
         match repr {
             Repr::Route(route) => {
                 let joiner_first_hop = route.service == Service::Join && route.hops == 0;
@@ -1461,13 +1516,13 @@ impl Pastry {
                     self.acks.remove(&hop_id);
                 }
             }
-            Repr::State(state) => self.on_state(now, from, state),
+            Repr::State(state) => self.on_state(now, from, state, slot),
             Repr::Announce { rtt_hint } => {
                 if !self.is_active() {
                     self.stats.dropped_not_joined += 1;
                     return;
                 }
-                self.offer(now, from, rtt_hint, true);
+                self.offer_heard(now, from, rtt_hint, slot);
                 if self.leaves.contains(from.id) {
                     let leaves = self.leaves.handles();
                     let state = State {
@@ -1490,7 +1545,7 @@ impl Pastry {
                     // is half of that: ask it to report what our pong
                     // measures instead of pinging it back.
                     self.fold_probe = Some((from.id, false));
-                    self.offer(now, from, rtt_hint, true);
+                    self.offer_heard(now, from, rtt_hint, slot);
                     if let Some((_, true)) = self.fold_probe.take() {
                         pong_flags = PONG_WANT_RTT;
                     }
@@ -1504,7 +1559,7 @@ impl Pastry {
             Repr::RttReport { rtt } => {
                 if self.is_active() {
                     let rtt = rtt.clamp(1, RTT_UNKNOWN - 1);
-                    self.offer(now, from, rtt, true);
+                    self.offer_heard(now, from, rtt, slot);
                 }
             }
             Repr::Pong { token, flags } => {
@@ -1518,7 +1573,7 @@ impl Pastry {
                     .as_micros()
                     .saturating_sub(token)
                     .clamp(1, u64::from(RTT_UNKNOWN - 1));
-                self.offer(now, from, rtt as u32, true);
+                self.offer_heard(now, from, rtt as u32, slot);
                 if flags & PONG_WANT_RTT != 0 {
                     let report = Repr::RttReport { rtt: rtt as u32 };
                     self.send(from.addr, &report);
@@ -1542,13 +1597,20 @@ impl Pastry {
                 if !self.is_active() {
                     return;
                 }
+                // Both lists sized up front (at most one entry more than
+                // they get): filling them by doubling took several
+                // allocations per reply.
                 let (table, table_rtts) = if row == NEIGHBORHOOD_ROW {
-                    self.nbrs.members().filter(|(h, _)| h.id != from.id).unzip()
+                    let n = self.nbrs.len();
+                    let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    lists.extend(self.nbrs.members().filter(|(h, _)| h.id != from.id));
+                    lists
                 } else {
-                    self.table
-                        .row(usize::from(row))
-                        .map(|e| (e.handle, e.rtt))
-                        .unzip()
+                    let entries = self.table.row(usize::from(row));
+                    let n = entries.len();
+                    let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    lists.extend(entries.map(|e| (e.handle, e.rtt)));
+                    lists
                 };
                 let state = State {
                     flags: sf::ROW | sf::TABLE_RTTS,
@@ -1583,7 +1645,7 @@ impl Pastry {
         }
     }
 
-    fn on_state(&mut self, now: Time, from: NodeHandle, state: State) {
+    fn on_state(&mut self, now: Time, from: NodeHandle, state: State, slot: Lookup) {
         let joining = matches!(self.phase, Phase::Joining { .. });
         let join_flags = sf::JOIN_ROWS | sf::JOIN_FINAL | sf::JOIN_CONTACT;
         let refreshing = self.is_active() && now < self.refresh_until;
@@ -1593,7 +1655,7 @@ impl Pastry {
             self.stats.dropped_unexpected += 1;
             return;
         }
-        self.offer(now, from, state.rtt_hint, true);
+        self.offer_heard(now, from, state.rtt_hint, slot);
         // With the sender's RTT to each table entry, the triangle inequality
         // bounds ours from below: rtt(us, e) >= rtt(sender, e) - rtt(us, sender).
         let to_sender = self.known_rtt(from.id);
@@ -1603,7 +1665,7 @@ impl Pastry {
                 Some(&r) if with_rtts && r != RTT_UNKNOWN => r.saturating_sub(to_sender),
                 _ => 0,
             };
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, Contest::Bounded(floor));
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, Contest::Bounded(floor), None);
         }
         // A leaf set lists the nodes nearest the sender in id space, hence
         // near us in id space, not in the network: for an occupied slot of
@@ -1619,7 +1681,7 @@ impl Pastry {
             Contest::Bounded(0)
         };
         for h in &state.leaves {
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, leaf_contest);
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, leaf_contest, None);
         }
         for h in &state.neighbors {
             self.offer(now, *h, RTT_UNKNOWN, false);
@@ -1889,5 +1951,6 @@ mod tests {
             }
         }
         assert_eq!(core::mem::size_of::<TimerEntry>(), 24);
+        assert_eq!(core::mem::size_of::<(NodeId, Probe)>(), 64);
     }
 }

@@ -22,7 +22,17 @@ pub struct NeighborhoodSet {
     /// RTT of the farthest member (0 when empty): with a full set, most
     /// offers are farther than it and are turned away right here.
     worst: u32,
+    /// Members evicted since `bloom` was last rebuilt. Their bits stay set
+    /// (a filter that is a superset only answers "maybe" more often, which
+    /// `position` then settles), and it is rebuilt once `STALE_MAX` have
+    /// piled up: a rebuild walks every member, and a full set evicts on
+    /// nearly every insertion. (Fits in the struct's padding.)
+    stale: u8,
 }
+
+/// Evictions `NeighborhoodSet::bloom` absorbs before it is rebuilt: about
+/// 8 more bits set out of 256, a few more false positives.
+const STALE_MAX: u8 = 8;
 
 /// The two filter bits of `id` (ids are uniformly random: any bits do).
 fn bloom_bits(id: NodeId) -> [(usize, u64); 2] {
@@ -46,6 +56,7 @@ impl NeighborhoodSet {
             ids: Vec::with_capacity(cap),
             bloom: [0; 4],
             worst: 0,
+            stale: 0,
         }
     }
 
@@ -65,6 +76,7 @@ impl NeighborhoodSet {
 
     fn rebuild_bloom(&mut self) {
         self.worst = self.members.last().map_or(0, |m| m.1);
+        self.stale = 0;
         self.bloom = [0; 4];
         for i in 0..self.ids.len() {
             for (w, bit) in bloom_bits(NodeId(self.ids[i].into())) {
@@ -120,12 +132,15 @@ impl NeighborhoodSet {
         self.members.insert(pos, (h, rtt));
         self.ids.insert(pos, h.id.0 as u64);
         if evicted {
-            self.rebuild_bloom();
-        } else {
-            self.worst = self.members.last().map_or(0, |m| m.1);
-            for (w, bit) in bloom_bits(h.id) {
-                self.bloom[w] |= bit;
+            self.stale += 1;
+            if self.stale >= STALE_MAX {
+                self.rebuild_bloom();
+                return true;
             }
+        }
+        self.worst = self.members.last().map_or(0, |m| m.1);
+        for (w, bit) in bloom_bits(h.id) {
+            self.bloom[w] |= bit;
         }
         true
     }

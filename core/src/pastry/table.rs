@@ -35,6 +35,16 @@ pub enum Offer {
     Rejected,
 }
 
+/// Where a node's slot is in a `RoutingTable`, found by `lookup`; valid
+/// until the table changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    id: NodeId,
+    /// Bitmap position of the slot and `find_bit` of it; `None` for our
+    /// own id.
+    found: Option<(usize, Result<usize, usize>)>,
+}
+
 /// Sparse: only occupied slots are stored, in (row, column) order. At N
 /// nodes a table holds about 15·log16 N entries, while the rows they fall in
 /// would take 16 slots each (and the deepest populated rows hold one or two).
@@ -172,15 +182,59 @@ impl RoutingTable {
         Some(&self.entries[i])
     }
 
+    /// Find the slot of `id` once, for `slot_entry` and then `offer_at`
+    /// (a caller that looks at the entry before offering would otherwise
+    /// compute the slot and its rank twice).
+    #[inline]
+    pub fn lookup(&self, id: NodeId) -> Lookup {
+        Lookup {
+            id,
+            found: self.bit_of(id).map(|bit| (bit, self.find_bit(bit))),
+        }
+    }
+
+    /// The entry of the node looked up, if it is in the table: `entry`
+    /// from a `lookup` made since the table last changed.
+    #[inline]
+    pub fn slot_entry(&self, at: &Lookup) -> Option<&Entry> {
+        let Some((_, Ok(i))) = at.found else {
+            return None;
+        };
+        let e = &self.entries[i];
+        (e.handle.id == at.id).then_some(e)
+    }
+
+    /// `heard`, for the node looked up (with a `lookup` made since the
+    /// table last changed; marking it heard does not change the table).
+    #[inline]
+    pub fn heard_at(&mut self, at: &Lookup, now: Time) {
+        debug_assert_eq!(at.found, self.lookup(at.id).found, "stale lookup");
+        if let Some((_, Ok(i))) = at.found
+            && self.entries[i].handle.id == at.id
+        {
+            self.entries[i].heard = now;
+        }
+    }
+
     /// Offer a candidate with its RTT if known. If it fills or takes a
     /// slot, it is recorded as heard from at `heard` (`Time::ZERO` for a
     /// node known only second-hand). A candidate already in its slot gets
     /// its address and, if known, its RTT refreshed.
     pub fn offer(&mut self, handle: NodeHandle, rtt: u32, heard: Time) -> Offer {
-        let Some(bit) = self.bit_of(handle.id) else {
+        let at = self.lookup(handle.id);
+        self.offer_at(at, handle, rtt, heard)
+    }
+
+    /// `offer`, with the `lookup` of `handle.id` made since the table last
+    /// changed.
+    #[inline]
+    pub fn offer_at(&mut self, at: Lookup, handle: NodeHandle, rtt: u32, heard: Time) -> Offer {
+        debug_assert_eq!(at.id, handle.id);
+        debug_assert_eq!(at.found, self.lookup(handle.id).found, "stale lookup");
+        let Some((bit, found)) = at.found else {
             return Offer::Rejected;
         };
-        match self.find_bit(bit) {
+        match found {
             Err(i) => {
                 if self.entries.len() == self.entries.capacity() {
                     // Grow by an eighth rather than double: tables fill
@@ -263,8 +317,14 @@ impl RoutingTable {
     }
 
     /// Entries of one row, in column order.
-    pub fn row(&self, row: usize) -> impl Iterator<Item = &Entry> {
-        let (lo, hi) = (self.row_start(row), self.row_start(row + 1));
+    pub fn row(&self, row: usize) -> std::slice::Iter<'_, Entry> {
+        self.rows_between(row, row + 1)
+    }
+
+    /// Entries of rows `lo` to `hi` (exclusive), row by row: a slice, so
+    /// its length is known before it is walked.
+    pub fn rows_between(&self, lo: usize, hi: usize) -> std::slice::Iter<'_, Entry> {
+        let (lo, hi) = (self.row_start(lo), self.row_start(hi));
         self.entries[lo..hi].iter()
     }
 
