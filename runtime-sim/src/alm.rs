@@ -9,6 +9,7 @@ use bytes::Bytes;
 impl Engine for Node {
     #[inline]
     fn prefetch(&self) {
+        crate::sim::prefetch_lines(self);
         for p in self.hot_memory() {
             crate::sim::prefetch(p);
         }

@@ -268,6 +268,15 @@ impl<T> EventQueue<T> {
         }
     }
 
+    /// The item `k` places after the next one in the current slot (pop
+    /// order, not counting items pushed into the slot since it was
+    /// sorted), for cache prefetching.
+    #[inline]
+    pub fn ahead(&self, k: usize) -> Option<&T> {
+        let n = self.current.len();
+        n.checked_sub(k + 1).map(|i| &self.current[i].item)
+    }
+
     /// Up to `n` items due soon, for cache prefetching: the rest of the
     /// current slot in pop order and the items pushed into it since (any
     /// order; whichever holds the next pop first), then the next occupied

@@ -13,10 +13,13 @@
 //!
 //! Batches (opt-in, [`Sim::set_batching`], [`Sim::set_threads`]): runs of
 //! causally independent events whose engines run together, possibly on
-//! several threads, with the outputs applied in pop order afterwards; an
-//! event becomes a `Job` (`plan`), its engine runs it on any thread
-//! (`Job::execute`), and `merge` applies it. Without batching every event
-//! is a batch of one, applied as soon as it ran.
+//! several threads, with the outputs applied in pop order; an event becomes
+//! a `Job` (`plan`), its engine runs it on any thread (`Job::execute`), and
+//! `merge` applies it. With worker threads the jobs stream through
+//! `crate::pool` (published as planned, taken back in order as they are
+//! run), so workers run a batch while this thread forms and applies it.
+//! Without batching every event is a batch of one, applied as soon as it
+//! ran.
 //!
 //! Timers: each node has one *deadline* (its latest `poll_timeout`) and at
 //! most one *armed* heap entry that matters. A heap entry whose time is not
@@ -171,12 +174,13 @@ struct Net<T> {
 
 /// Events run together at most (see [`Sim::set_batching`]).
 const MAX_BATCH: usize = 96;
+const _: () = assert!(MAX_BATCH < crate::pool::RING);
 /// Events a batch may defer (see `Sim::form_batch`).
 const MAX_DEFERRED: usize = 32;
-/// Batches smaller than this run on the calling thread only.
-const MIN_PARALLEL: usize = 6;
 /// Jobs whose memory a thread starts fetching ahead of the one it runs.
 const AHEAD: usize = 3;
+/// How many queued events ahead `form_batch` prefetches.
+const LOOKAHEAD: usize = 6;
 
 /// A deterministic simulated network of engines `E` over latency model `T`.
 pub struct Sim<E, T> {
@@ -192,10 +196,11 @@ pub struct Sim<E, T> {
     span: Span,
     /// Output buffers of finished jobs, for reuse.
     spare_out: Vec<Vec<Output>>,
-    /// Worker threads (see [`Sim::set_threads`]).
+    /// Worker threads (see [`Sim::set_threads`]); with them, a batch's
+    /// jobs go to their stream as they are planned, not to `jobs`.
     pool: Option<Box<dyn Executor<E>>>,
-    /// Per mille of a batch the calling thread runs itself.
-    main_share: u32,
+    /// Jobs of the batch being formed or run that went to `pool`.
+    streamed: usize,
 }
 
 impl<E: Engine, T: Topology> Sim<E, T> {
@@ -235,7 +240,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             span: Span::default(),
             spare_out: Vec::new(),
             pool: None,
-            main_share: 400,
+            streamed: 0,
         }
     }
 
@@ -454,9 +459,10 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// rest of the batch. Since it will run after later members, it must be
     /// separated from them like a member.
     fn form_batch(&mut self, limit: Time) {
-        debug_assert!(self.jobs.is_empty() && self.span.is_empty());
+        debug_assert!(self.jobs.is_empty() && self.span.is_empty() && self.streamed == 0);
         let mut deferred: SmallVec<[(Time, u64, Ev); MAX_DEFERRED]> = SmallVec::new();
-        while self.jobs.len() < MAX_BATCH {
+        let mut formed = 0;
+        while formed < MAX_BATCH {
             let Some((t, ev)) = self.net.queue.peek() else {
                 break;
             };
@@ -468,6 +474,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             if t > limit {
                 break;
             }
+            self.prefetch_for_batch(LOOKAHEAD);
             let Some(blocked) = self.fits(node, t) else {
                 break;
             };
@@ -481,14 +488,43 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             if blocked {
                 deferred.push((t, seq, ev));
             } else {
-                let job = self.plan(t, ev);
-                self.jobs.push(job);
+                let mut job = self.plan(t, ev);
+                formed += 1;
+                if let Some(pool) = self.pool.as_mut() {
+                    // Whichever thread runs it takes the engine along.
+                    if job.input.is_some() {
+                        job.engine = self.engines[job.node as usize].take();
+                    }
+                    pool.push(job);
+                    self.streamed += 1;
+                } else {
+                    self.jobs.push(job);
+                }
             }
         }
         for (t, seq, ev) in deferred {
             self.net.queue.restore(t, seq, ev);
         }
         self.span.clear();
+    }
+
+    /// Start loading what forming and running a batch reads for the event
+    /// `k` places ahead: its node's bookkeeping and engine slot, and its
+    /// position in the latency model. In a big run these are cache misses
+    /// (100k nodes: 2.4 MB of `Meta`, 1.6 MB of positions, read at
+    /// random) on the simulator's thread, which the workers wait for.
+    #[inline]
+    fn prefetch_for_batch(&self, k: usize) {
+        let node = match self.net.queue.ahead(k) {
+            Some(Ev::Datagram { to, .. } | Ev::Stream { to, .. }) => *to,
+            Some(Ev::Timer { node } | Ev::Unreachable { node, .. }) => *node,
+            Some(Ev::Action(_)) | None => return,
+        } as usize;
+        if let (Some(m), Some(e)) = (self.meta.get(node), self.engines.get(node)) {
+            prefetch((m as *const Meta).cast());
+            prefetch((e as *const Option<Box<E>>).cast());
+            self.net.topo.prefetch(node);
+        }
     }
 
     /// Whether an event at `node` at `t` can join the batch formed so far:
@@ -500,46 +536,23 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             .then(|| self.span.contains(node))
     }
 
-    /// Run the formed batch, spread over the pool's threads, and apply its
-    /// outputs in pop order.
+    /// Run the formed batch and apply its outputs in pop order: on this
+    /// thread, or with the pool (whose threads have been running its jobs
+    /// since they were planned), taking each job back as soon as it ran.
     fn run_batch<O: Observer<E, T>>(&mut self, obs: &mut O) {
         let mut jobs = std::mem::take(&mut self.jobs);
-        let n = jobs.len();
+        let n = jobs.len() + self.streamed;
         self.net.stats.events += n as u64;
         self.net.stats.batches += 1;
-        let strict = self.net.cfg.strict_drain;
-        let mut pool = self.pool.take();
-        let workers = match &pool {
-            Some(p) if n >= MIN_PARALLEL => p.workers(),
-            _ => 0,
-        };
-        // The calling thread takes the first jobs and applies them while
-        // the workers run the rest. Applying outputs is its work alone, so
-        // its share adapts: smaller when the workers were done before it
-        // got to them, larger when it had to wait. (Timing decides only
-        // who runs a job, never what the job does.)
-        let mine = if workers == 0 {
-            n
-        } else {
-            (n * self.main_share as usize / 1000).clamp(1, n - 1)
-        };
-        // Worker `w` takes the `w`-th run of the rest, cut from the end.
-        if let Some(p) = pool.as_mut().filter(|_| workers > 0) {
-            let per = (n - mine).div_ceil(workers);
-            let mut from = n;
-            for w in (0..workers).rev() {
-                let lo = mine + (per * w).min(n - mine);
-                let mut chunk = p.buffer(w);
-                chunk.extend(jobs.drain(lo..from));
-                for j in &mut chunk {
-                    if j.input.is_some() {
-                        j.engine = self.engines[j.node as usize].take();
-                    }
-                }
-                p.start(w, chunk);
-                from = lo;
+        if let Some(mut pool) = self.pool.take() {
+            for _ in 0..std::mem::take(&mut self.streamed) {
+                let job = pool.take();
+                self.merge(job, obs);
             }
+            self.pool = Some(pool);
+            return;
         }
+        let strict = self.net.cfg.strict_drain;
         for k in 0..jobs.len() {
             if let Some(ahead) = jobs.get(k + AHEAD) {
                 ahead.prefetch(self.engines[ahead.node as usize].as_deref());
@@ -554,22 +567,6 @@ impl<E: Engine, T: Topology> Sim<E, T> {
         for job in jobs.drain(..) {
             self.merge(job, obs);
         }
-        if let Some(p) = pool.as_mut().filter(|_| workers > 0) {
-            let waited = !p.ready(workers - 1);
-            self.main_share = if waited {
-                (self.main_share + 10).min(900)
-            } else {
-                self.main_share.saturating_sub(10).max(50)
-            };
-            for w in 0..workers {
-                let mut chunk = p.finish(w);
-                for job in chunk.drain(..) {
-                    self.merge(job, obs);
-                }
-                p.give_back(w, chunk);
-            }
-        }
-        self.pool = pool;
         self.jobs = jobs;
     }
 
@@ -692,11 +689,10 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// is bound by cache misses on state it reaches at random (100,000
     /// nodes' engines are ~3 KB each, plus their tables); fetching a few
     /// events ahead overlaps those misses with the current event's work,
-    /// where the engine's own [`Engine::prefetch`] just before its input
-    /// has little to overlap with (100k nodes on a quiet machine: 209 s ->
-    /// 176 s in one pair; no gain seen while another process shared the
-    /// L3 cache, see BENCHMARKS.md). A hint only: nothing it touches
-    /// changes.
+    /// where fetching just before the input would have little to overlap
+    /// with (100k nodes on a quiet machine: 209 s -> 176 s in one pair; no
+    /// gain seen while another process shared the L3 cache, see
+    /// BENCHMARKS.md). A hint only: nothing it touches changes.
     fn prefetch_upcoming(&self) {
         for ev in self.net.queue.upcoming(AHEAD) {
             let (node, bytes) = match ev {
@@ -706,7 +702,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             };
             let i = node as usize;
             if let Some(e) = self.engines[i].as_deref() {
-                prefetch_struct(e);
+                e.prefetch();
             }
             prefetch((&raw const self.meta[i]).cast());
             if let Some(b) = bytes {
@@ -822,10 +818,18 @@ impl<E: Engine> Job<E> {
         }
     }
 
+    /// `execute` with the engine the job carries (a job without one, such
+    /// as a dropped datagram, has nothing to run).
+    pub(crate) fn run_own_engine(&mut self, strict: bool) {
+        if let Some(mut engine) = self.engine.take() {
+            self.execute(&mut engine, strict);
+            self.engine = Some(engine);
+        }
+    }
+
     /// Hand the input to `engine` and collect what it produces.
     pub(crate) fn execute(&mut self, engine: &mut E, strict: bool) {
         let now = self.time;
-        engine.prefetch();
         match std::mem::replace(&mut self.input, Input::None) {
             Input::None => return,
             Input::Datagram { from, bytes } => engine.handle_datagram(now, from, bytes),
@@ -874,7 +878,7 @@ impl<E: Engine> Job<E> {
     /// its engine is, if not in the job).
     pub(crate) fn prefetch(&self, engine: Option<&E>) {
         if let Some(e) = self.engine.as_deref().or(engine) {
-            prefetch_struct(e);
+            e.prefetch();
         }
         if let Input::Datagram { bytes, .. } | Input::Stream { bytes, .. } = &self.input {
             prefetch(bytes.as_ptr());
@@ -882,20 +886,13 @@ impl<E: Engine> Job<E> {
     }
 }
 
-/// Runs the tail of a batch on other threads (see [`crate::pool`]).
+/// Runs a batch's jobs on other threads as well (see [`crate::pool`]).
 pub(crate) trait Executor<E> {
-    /// Number of worker threads.
-    fn workers(&self) -> usize;
-    /// An empty job buffer for worker `w`.
-    fn buffer(&mut self, w: usize) -> Vec<Job<E>>;
-    /// Hand `jobs` to worker `w`.
-    fn start(&mut self, w: usize, jobs: Vec<Job<E>>);
-    /// Whether worker `w` has finished its jobs (`finish` will not wait).
-    fn ready(&self, w: usize) -> bool;
-    /// Wait for worker `w` and take back its jobs, run.
-    fn finish(&mut self, w: usize) -> Vec<Job<E>>;
-    /// Keep an emptied buffer for worker `w`'s next batch.
-    fn give_back(&mut self, w: usize, jobs: Vec<Job<E>>);
+    /// Publish a planned job (its engine moved in) for any thread to run.
+    fn push(&mut self, job: Job<E>);
+    /// The oldest job not taken back yet, once it ran; runs unclaimed jobs
+    /// on this thread meanwhile. Panics if an engine panicked on a worker.
+    fn take(&mut self) -> Job<E>;
 }
 
 /// Push a timer entry if the node's deadline is earlier than what is armed.
@@ -1001,9 +998,18 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Prefetch every cache line of a `V` at `p` (an address only: nothing is
+/// read, so any value is fine).
+#[inline(always)]
+pub(crate) fn prefetch_lines_at<V>(p: *const u8) {
+    for l in 0..std::mem::size_of::<V>().div_ceil(64) {
+        prefetch(p.wrapping_add(l * 64));
+    }
+}
+
 /// Prefetch every cache line of `v`.
 #[inline(always)]
-fn prefetch_struct<V>(v: &V) {
+pub(crate) fn prefetch_lines<V>(v: &V) {
     let base: *const u8 = (v as *const V).cast();
     for l in 0..std::mem::size_of::<V>().div_ceil(64) {
         prefetch(base.wrapping_add(l * 64));

@@ -44,6 +44,11 @@ pub trait Topology {
     fn separated(&self, a: usize, b: usize, gap: Duration) -> bool {
         self.latency(a, b).0 > 2 * gap.0 + 1
     }
+    /// Start fetching what `latency` and `separated_from` read for host
+    /// `a` into the CPU cache (a hint; the default does nothing).
+    fn prefetch(&self, a: usize) {
+        let _ = a;
+    }
     /// Record an event at host `a` at `t` in a batch's `span` (a model
     /// may keep more of `a` there for [`Topology::separated_from`]).
     fn span_push(&self, span: &mut Span, a: usize, t: Time) {
@@ -242,6 +247,11 @@ impl Topology for Plane {
         let need = (2 * gap.0) as f64 + 1.5;
         let per = PLANE_US_PER_UNIT;
         (dx * dx + dy * dy) * (per * per) >= need * need
+    }
+    fn prefetch(&self, a: usize) {
+        if let Some(p) = self.pos.get(a) {
+            crate::sim::prefetch((p as *const (f64, f64)).cast());
+        }
     }
     fn span_push(&self, span: &mut Span, a: usize, t: Time) {
         span.push(a, t);
@@ -673,6 +683,12 @@ impl Topology for AnyTopology {
         match self {
             AnyTopology::Plane(t) => t.separated(a, b, gap),
             AnyTopology::TransitStub(t) => t.separated(a, b, gap),
+        }
+    }
+    fn prefetch(&self, a: usize) {
+        match self {
+            AnyTopology::Plane(p) => p.prefetch(a),
+            AnyTopology::TransitStub(p) => p.prefetch(a),
         }
     }
     fn span_push(&self, span: &mut Span, a: usize, t: Time) {
