@@ -461,8 +461,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     fn form_batch(&mut self, limit: Time) {
         debug_assert!(self.jobs.is_empty() && self.span.is_empty() && self.streamed == 0);
         let mut deferred: SmallVec<[(Time, u64, Ev); MAX_DEFERRED]> = SmallVec::new();
-        let mut formed = 0;
-        while formed < MAX_BATCH {
+        while self.jobs.len() + self.streamed < MAX_BATCH {
             let Some((t, ev)) = self.net.queue.peek() else {
                 break;
             };
@@ -489,7 +488,6 @@ impl<E: Engine, T: Topology> Sim<E, T> {
                 deferred.push((t, seq, ev));
             } else {
                 let mut job = self.plan(t, ev);
-                formed += 1;
                 if let Some(pool) = self.pool.as_mut() {
                     // Whichever thread runs it takes the engine along.
                     if job.input.is_some() {
@@ -540,9 +538,7 @@ impl<E: Engine, T: Topology> Sim<E, T> {
     /// thread, or with the pool (whose threads have been running its jobs
     /// since they were planned), taking each job back as soon as it ran.
     fn run_batch<O: Observer<E, T>>(&mut self, obs: &mut O) {
-        let mut jobs = std::mem::take(&mut self.jobs);
-        let n = jobs.len() + self.streamed;
-        self.net.stats.events += n as u64;
+        self.net.stats.events += (self.jobs.len() + self.streamed) as u64;
         self.net.stats.batches += 1;
         if let Some(mut pool) = self.pool.take() {
             for _ in 0..std::mem::take(&mut self.streamed) {
@@ -552,10 +548,13 @@ impl<E: Engine, T: Topology> Sim<E, T> {
             self.pool = Some(pool);
             return;
         }
+        let mut jobs = std::mem::take(&mut self.jobs);
         let strict = self.net.cfg.strict_drain;
         for k in 0..jobs.len() {
-            if let Some(ahead) = jobs.get(k + AHEAD) {
-                ahead.prefetch(self.engines[ahead.node as usize].as_deref());
+            if let Some(ahead) = jobs.get(k + AHEAD)
+                && let Some(e) = self.engines[ahead.node as usize].as_deref()
+            {
+                ahead.prefetch(e);
             }
             let job = &mut jobs[k];
             if job.input.is_some()
@@ -874,12 +873,9 @@ impl<E: Engine> Job<E> {
         self.deadline = engine.poll_timeout().map_or(u64::MAX, |t| t.0);
     }
 
-    /// Start fetching what running this job will touch (`engine`: where
-    /// its engine is, if not in the job).
-    pub(crate) fn prefetch(&self, engine: Option<&E>) {
-        if let Some(e) = self.engine.as_deref().or(engine) {
-            e.prefetch();
-        }
+    /// Start fetching what running this job on `engine` will touch.
+    pub(crate) fn prefetch(&self, engine: &E) {
+        engine.prefetch();
         if let Input::Datagram { bytes, .. } | Input::Stream { bytes, .. } = &self.input {
             prefetch(bytes.as_ptr());
         }
@@ -1010,8 +1006,5 @@ pub(crate) fn prefetch_lines_at<V>(p: *const u8) {
 /// Prefetch every cache line of `v`.
 #[inline(always)]
 pub(crate) fn prefetch_lines<V>(v: &V) {
-    let base: *const u8 = (v as *const V).cast();
-    for l in 0..std::mem::size_of::<V>().div_ceil(64) {
-        prefetch(base.wrapping_add(l * 64));
-    }
+    prefetch_lines_at::<V>((v as *const V).cast());
 }

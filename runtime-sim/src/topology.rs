@@ -196,6 +196,16 @@ impl Plane {
     pub fn position(&self, i: usize) -> (f64, f64) {
         self.pos[i]
     }
+
+    /// Host `i`'s position in µs of delay, as the span's `f32` columns
+    /// keep it.
+    fn span_position(&self, i: usize) -> (f32, f32) {
+        let (x, y) = self.pos[i];
+        (
+            (x * PLANE_US_PER_UNIT) as f32,
+            (y * PLANE_US_PER_UNIT) as f32,
+        )
+    }
 }
 
 /// Whether some event of `span` not at host `b` is too near `(xb, yb)` at
@@ -255,10 +265,8 @@ impl Topology for Plane {
     }
     fn span_push(&self, span: &mut Span, a: usize, t: Time) {
         span.push(a, t);
-        let (x, y) = self.pos[a];
         let k = span.len - 1;
-        span.xs[k] = (x * PLANE_US_PER_UNIT) as f32;
-        span.ys[k] = (y * PLANE_US_PER_UNIT) as f32;
+        (span.xs[k], span.ys[k]) = self.span_position(a);
     }
     /// `separated` against the whole span at once, branch-free over its
     /// `f32` columns, with a margin that covers their rounding: it asks
@@ -273,11 +281,7 @@ impl Topology for Plane {
         if span.is_empty() {
             return true;
         }
-        let (xb, yb) = self.pos[b];
-        let (xb, yb) = (
-            (xb * PLANE_US_PER_UNIT) as f32,
-            (yb * PLANE_US_PER_UNIT) as f32,
-        );
+        let (xb, yb) = self.span_position(b);
         // `Sim` only asks for events the span admits: exact as an f32.
         let tb = (t.0 - span.base) as f32;
         #[cfg(target_arch = "x86_64")]
@@ -831,11 +835,7 @@ mod tests {
                 t += rng.below(40);
             }
             let b = rng.index(200);
-            let (x, y) = plane.position(b);
-            let (x, y) = (
-                (x * PLANE_US_PER_UNIT) as f32,
-                (y * PLANE_US_PER_UNIT) as f32,
-            );
+            let (x, y) = plane.span_position(b);
             let tb = (t + rng.below(40)) as f32;
             // SAFETY: AVX2 is present (checked above).
             let fast = unsafe { span_near_avx2(&span, x, y, tb, b as u32) };

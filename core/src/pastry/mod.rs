@@ -247,12 +247,23 @@ impl RttCache {
     }
 }
 
-/// Free the table of an empty map (iteration order never matters here:
-/// the maps are only probed by key and `retain`ed).
-fn release_if_empty<K: Eq + std::hash::Hash, V>(m: &mut Map<K, V>) {
-    if m.is_empty() && m.capacity() != 0 {
-        m.shrink_to(0);
-    }
+/// Whether an empty map still holds a table (iteration order never
+/// matters here: the maps are only probed by key and `retain`ed).
+fn idle_map<K, V>(m: &Map<K, V>) -> bool {
+    m.is_empty() && m.capacity() != 0
+}
+
+/// Whether an empty queue holds more than a small queue's capacity.
+fn idle_queue<T>(q: &VecDeque<T>) -> bool {
+    q.is_empty() && q.capacity() > KEEP_QUEUE
+}
+
+/// Whether three quarters of the timer heap are unused. Timers are never
+/// cancelled, so the heap is rarely empty: then it shrinks to twice its
+/// length (so that shrinking and regrowing cannot alternate call after
+/// call).
+fn oversized_heap<T: Ord>(h: &BinaryHeap<T>) -> bool {
+    h.capacity() > 4 && h.len() <= h.capacity() / 4
 }
 
 /// The Pastry state machine. See the module documentation.
@@ -424,38 +435,39 @@ impl Pastry {
     /// nearly always finds nothing to give back.
     #[inline]
     pub(crate) fn release_idle(&mut self) {
-        let (len, cap) = (self.timers.len(), self.timers.capacity());
-        if (self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE)
-            || (self.upcalls.is_empty() && self.upcalls.capacity() > KEEP_QUEUE)
-            || (self.acks.is_empty() && self.acks.capacity() != 0)
-            || (self.probes.is_empty() && self.probes.capacity() != 0)
-            || (self.dead.is_empty() && self.dead.capacity() != 0)
-            || (cap > 4 && len <= cap / 4)
+        if idle_queue(&self.transmits)
+            || idle_queue(&self.upcalls)
+            || idle_map(&self.acks)
+            || idle_map(&self.probes)
+            || idle_map(&self.dead)
+            || oversized_heap(&self.timers)
         {
             self.release_idle_now();
         }
     }
 
-    /// `release_idle` once it found something to give back.
+    /// `release_idle` once it found something to give back. Small queues
+    /// stay: nearly every call refills them, and a few hundred bytes per
+    /// node cost less than an allocation per message.
     #[inline(never)]
     fn release_idle_now(&mut self) {
-        // Small queues stay: nearly every call refills them, and a few
-        // hundred bytes per node cost less than an allocation per message.
-        if self.transmits.is_empty() && self.transmits.capacity() > KEEP_QUEUE {
+        if idle_queue(&self.transmits) {
             self.transmits = VecDeque::new();
         }
-        if self.upcalls.is_empty() && self.upcalls.capacity() > KEEP_QUEUE {
+        if idle_queue(&self.upcalls) {
             self.upcalls = VecDeque::new();
         }
-        release_if_empty(&mut self.acks);
-        release_if_empty(&mut self.probes);
-        release_if_empty(&mut self.dead);
-        // Timers are never cancelled, so the heap is rarely empty: when three
-        // quarters of it are unused, shrink it to twice its length (so that
-        // shrinking and regrowing cannot alternate call after call).
-        let (len, cap) = (self.timers.len(), self.timers.capacity());
-        if cap > 4 && len <= cap / 4 {
-            self.timers.shrink_to(len * 2);
+        if idle_map(&self.acks) {
+            self.acks.shrink_to(0);
+        }
+        if idle_map(&self.probes) {
+            self.probes.shrink_to(0);
+        }
+        if idle_map(&self.dead) {
+            self.dead.shrink_to(0);
+        }
+        if oversized_heap(&self.timers) {
+            self.timers.shrink_to(self.timers.len() * 2);
         }
     }
 

@@ -193,25 +193,28 @@ impl RoutingTable {
         }
     }
 
+    /// `index_of` from a `lookup` made since the table last changed.
+    #[inline]
+    fn index_at(&self, at: &Lookup) -> Option<usize> {
+        debug_assert_eq!(at.found, self.lookup(at.id).found, "stale lookup");
+        let Some((_, Ok(i))) = at.found else {
+            return None;
+        };
+        (self.entries[i].handle.id == at.id).then_some(i)
+    }
+
     /// The entry of the node looked up, if it is in the table: `entry`
     /// from a `lookup` made since the table last changed.
     #[inline]
     pub fn slot_entry(&self, at: &Lookup) -> Option<&Entry> {
-        let Some((_, Ok(i))) = at.found else {
-            return None;
-        };
-        let e = &self.entries[i];
-        (e.handle.id == at.id).then_some(e)
+        self.index_at(at).map(|i| &self.entries[i])
     }
 
     /// `heard`, for the node looked up (with a `lookup` made since the
     /// table last changed; marking it heard does not change the table).
     #[inline]
     pub fn heard_at(&mut self, at: &Lookup, now: Time) {
-        debug_assert_eq!(at.found, self.lookup(at.id).found, "stale lookup");
-        if let Some((_, Ok(i))) = at.found
-            && self.entries[i].handle.id == at.id
-        {
+        if let Some(i) = self.index_at(at) {
             self.entries[i].heard = now;
         }
     }
@@ -278,9 +281,7 @@ impl RoutingTable {
     /// not be probed for a while.
     #[inline]
     pub fn heard(&mut self, id: NodeId, now: Time) {
-        if let Some(i) = self.index_of(id) {
-            self.entries[i].heard = now;
-        }
+        self.heard_at(&self.lookup(id), now);
     }
 
     /// Remove `id`; returns its former slot.
