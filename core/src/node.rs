@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -103,16 +104,25 @@ impl Node {
     /// A node with id `id`, reachable at `me`, whose every random choice
     /// derives from `seed`.
     ///
+    /// A runtime that builds many nodes from one configuration can pass
+    /// them the same `Arc<Config>`, which they then share.
+    ///
     /// # Panics
     /// If `cfg` is invalid; use [`Node::try_new`] to get the error instead.
-    pub fn new(cfg: Config, id: NodeId, me: PeerAddr, seed: u64) -> Self {
+    pub fn new(cfg: impl Into<Arc<Config>>, id: NodeId, me: PeerAddr, seed: u64) -> Self {
         match Self::try_new(cfg, id, me, seed) {
             Ok(n) => n,
             Err(e) => panic!("invalid alm Config: {e}"),
         }
     }
 
-    pub fn try_new(cfg: Config, id: NodeId, me: PeerAddr, seed: u64) -> Result<Self, ConfigError> {
+    pub fn try_new(
+        cfg: impl Into<Arc<Config>>,
+        id: NodeId,
+        me: PeerAddr,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        let cfg = cfg.into();
         cfg.validate()?;
         let mut rng = Rng::new(seed);
         let scribe = Scribe::new(cfg.scribe.clone());
@@ -420,9 +430,20 @@ impl Node {
         self.pastry.release_idle();
     }
 
-    /// See `Pastry::hot_memory`.
-    pub fn hot_memory(&self) -> [*const u8; 6] {
-        self.pastry.hot_memory()
+    /// Where the state every call touches lives, for a runtime that
+    /// prefetches it (see `Pastry::hot_memory`): byte ranges of the Pastry
+    /// struct, then single lines: Pastry's buffers, and the node's and its
+    /// services' event queues, which every call checks on its way out. The
+    /// rest of the services' state is left out: a Pastry message does not
+    /// reach it.
+    #[inline]
+    pub fn hot_memory(&self) -> ([(*const u8, usize); 2], [*const u8; 10]) {
+        let (ranges, [a, b, c, d, e, f]) = self.pastry.hot_memory();
+        let g = (&raw const self.events).cast();
+        let h = (&raw const self.dht.results).cast();
+        let i = (&raw const self.mgmt.events).cast();
+        let j = (&raw const self.scribe.events).cast();
+        (ranges, [a, b, c, d, e, f, g, h, i, j])
     }
 
     /// When `handle_timeout` should next be called. Read it after draining.

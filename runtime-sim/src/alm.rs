@@ -9,8 +9,11 @@ use bytes::Bytes;
 impl Engine for Node {
     #[inline]
     fn prefetch(&self) {
-        crate::sim::prefetch_lines(self);
-        for p in self.hot_memory() {
+        let (ranges, lines) = self.hot_memory();
+        for (base, len) in ranges {
+            crate::sim::prefetch_range(base, len);
+        }
+        for p in lines {
             crate::sim::prefetch(p);
         }
     }
@@ -126,9 +129,11 @@ impl Engine for Node {
 /// The `pastry` experiment with `alm_core::Node` engines (default `Config`),
 /// batches run on `p.threads` threads when `p.batch` is on.
 pub fn run_pastry_alm(p: &PastryParams) -> PastryReport {
+    // One configuration for all nodes: it stays in cache.
+    let cfg = std::sync::Arc::new(Config::default());
     run_pastry_with(
         p,
-        |id, addr, seed| Node::new(Config::default(), id, addr, seed),
+        |id, addr, seed| Node::new(cfg.clone(), id, addr, seed),
         |sim| {
             if p.batch {
                 sim.set_threads(p.threads);

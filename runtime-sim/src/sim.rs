@@ -998,9 +998,22 @@ pub(crate) fn prefetch(p: *const u8) {
 /// read, so any value is fine).
 #[inline(always)]
 pub(crate) fn prefetch_lines_at<V>(p: *const u8) {
-    for l in 0..std::mem::size_of::<V>().div_ceil(64) {
+    prefetch_range(p, std::mem::size_of::<V>());
+}
+
+/// Prefetch every cache line that holds one of the `len` bytes at `p`:
+/// one per 64 bytes from `p`, and the line of the last byte (which the
+/// others miss when `p` is not 64-aligned). With a constant `len` the loop
+/// unrolls into plain prefetches.
+#[inline(always)]
+pub(crate) fn prefetch_range(p: *const u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    for l in 0..len.div_ceil(64) {
         prefetch(p.wrapping_add(l * 64));
     }
+    prefetch(p.wrapping_add(len - 1));
 }
 
 /// Prefetch every cache line of `v`.
