@@ -430,20 +430,32 @@ impl Node {
         self.pastry.release_idle();
     }
 
-    /// Where the state every call touches lives, for a runtime that
-    /// prefetches it (see `Pastry::hot_memory`): byte ranges of the Pastry
-    /// struct, then single lines: Pastry's buffers, and the node's and its
-    /// services' event queues, which every call checks on its way out. The
-    /// rest of the services' state is left out: a Pastry message does not
-    /// reach it.
+    /// The byte ranges of a `Node` that every call reads, as (offset from
+    /// the node's address, length): the Pastry struct but its RTT cache
+    /// (`Pastry::hot_ranges`), and the node's and its services' event
+    /// queues, which every call checks on its way out. The rest of the
+    /// services' state is left out: a Pastry message does not reach it.
+    /// From the type alone, so a runtime can prefetch these for a node
+    /// that another thread may be running; `hot_memory` adds the buffers,
+    /// which only a node's own thread may look up.
+    pub fn hot_ranges() -> [(usize, usize); 6] {
+        let pastry = std::mem::offset_of!(Node, pastry);
+        let [(a, la), (b, lb)] = Pastry::hot_ranges();
+        let queue = |offset| (offset, 1);
+        [
+            (pastry + a, la),
+            (pastry + b, lb),
+            queue(std::mem::offset_of!(Node, events)),
+            queue(std::mem::offset_of!(Node, dht.results)),
+            queue(std::mem::offset_of!(Node, mgmt.events)),
+            queue(std::mem::offset_of!(Node, scribe.events)),
+        ]
+    }
+
+    /// See `Pastry::hot_memory`.
     #[inline]
-    pub fn hot_memory(&self) -> ([(*const u8, usize); 2], [*const u8; 10]) {
-        let (ranges, [a, b, c, d, e, f]) = self.pastry.hot_memory();
-        let g = (&raw const self.events).cast();
-        let h = (&raw const self.dht.results).cast();
-        let i = (&raw const self.mgmt.events).cast();
-        let j = (&raw const self.scribe.events).cast();
-        (ranges, [a, b, c, d, e, f, g, h, i, j])
+    pub fn hot_memory(&self) -> [*const u8; 6] {
+        self.pastry.hot_memory()
     }
 
     /// When `handle_timeout` should next be called. Read it after draining.

@@ -9,12 +9,15 @@ use bytes::Bytes;
 impl Engine for Node {
     #[inline]
     fn prefetch(&self) {
-        let (ranges, lines) = self.hot_memory();
-        for (base, len) in ranges {
-            crate::sim::prefetch_range(base, len);
-        }
-        for p in lines {
+        Self::prefetch_at((self as *const Self).cast());
+        for p in self.hot_memory() {
             crate::sim::prefetch(p);
+        }
+    }
+    #[inline]
+    fn prefetch_at(p: *const u8) {
+        for (offset, len) in Node::hot_ranges() {
+            crate::sim::prefetch_range(p.wrapping_add(offset), len);
         }
     }
     #[inline]

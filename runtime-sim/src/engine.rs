@@ -134,7 +134,18 @@ pub trait Engine {
     where
         Self: Sized,
     {
-        crate::sim::prefetch_lines(self);
+        Self::prefetch_at((self as *const Self).cast());
+    }
+    /// `prefetch` for an engine at `p` that another thread may be running:
+    /// from its address alone, never reading it (a worker prefetches the
+    /// engines of jobs it may not be the one to run). The default fetches
+    /// every cache line of the struct; an engine that knows its hot fields
+    /// fetches just those.
+    fn prefetch_at(p: *const u8)
+    where
+        Self: Sized,
+    {
+        crate::sim::prefetch_lines_at::<Self>(p);
     }
 
     fn is_joined(&self) -> bool;

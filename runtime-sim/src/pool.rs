@@ -113,7 +113,7 @@ impl<E: Engine> Shared<E> {
         for j in i + 1..(i + 1 + AHEAD).min(filled) {
             let p = self.slot(j).engine_at.load(Ordering::Relaxed);
             if !p.is_null() {
-                crate::sim::prefetch_lines_at::<E>(p);
+                E::prefetch_at(p);
             }
         }
         let slot = self.slot(i);

@@ -1015,9 +1015,3 @@ pub(crate) fn prefetch_range(p: *const u8, len: usize) {
     }
     prefetch(p.wrapping_add(len - 1));
 }
-
-/// Prefetch every cache line of `v`.
-#[inline(always)]
-pub(crate) fn prefetch_lines<V>(v: &V) {
-    prefetch_lines_at::<V>((v as *const V).cast());
-}

@@ -345,31 +345,29 @@ impl Pastry {
         }
     }
 
-    /// Where the state every message touches lives: this struct except
-    /// its RTT cache (as the byte ranges before and after it), then the
-    /// buffers of the leaf set, the routing table, the neighbourhood set
-    /// and the timer heap. A runtime driving many nodes from one thread
-    /// (the simulator) prefetches these before handing a node its input;
-    /// the pointers are never dereferenced here. The cache is left out:
-    /// a message reads at most one of its 16 lines, and which one depends
-    /// on what the message says.
-    #[inline]
-    pub fn hot_memory(&self) -> ([(*const u8, usize); 2], [*const u8; 6]) {
-        let base: *const u8 = (self as *const Self).cast();
+    /// The byte ranges of this struct that every message reads, as
+    /// (offset, length): all of it but its RTT cache, of which a message
+    /// reads at most one of 16 lines, depending on what it says. From the
+    /// type alone, so a runtime can prefetch them for a node that another
+    /// thread may be running (see `Node::hot_ranges`).
+    pub(crate) fn hot_ranges() -> [(usize, usize); 2] {
         let cache = std::mem::offset_of!(Pastry, rtt_cache);
         let after = cache + std::mem::size_of::<RttCache>();
-        let ranges = [
-            (base, cache),
-            (
-                base.wrapping_add(after),
-                std::mem::size_of::<Self>() - after,
-            ),
-        ];
+        [(0, cache), (after, std::mem::size_of::<Self>() - after)]
+    }
+
+    /// Where the buffers every message touches live: the leaf set's, the
+    /// routing table's, the neighbourhood set's and the timer heap's. A
+    /// runtime driving many nodes from one thread (the simulator)
+    /// prefetches these before handing a node its input; the pointers are
+    /// never dereferenced here.
+    #[inline]
+    pub fn hot_memory(&self) -> [*const u8; 6] {
         let [a, b] = self.leaves.buffers();
         let [c] = self.table.buffers();
         let [d, e] = self.nbrs.buffers();
         let f = self.timers.as_slice().as_ptr().cast();
-        (ranges, [a, b, c, d, e, f])
+        [a, b, c, d, e, f]
     }
 
     pub fn me(&self) -> NodeHandle {
@@ -1982,5 +1980,20 @@ mod tests {
         }
         assert_eq!(core::mem::size_of::<TimerEntry>(), 24);
         assert_eq!(core::mem::size_of::<(NodeId, Probe)>(), 64);
+    }
+
+    /// The hot ranges cover the struct but its RTT cache, and a node's
+    /// lie within the node.
+    #[test]
+    fn hot_ranges_leave_out_the_rtt_cache_only() {
+        let [(a, la), (b, lb)] = Pastry::hot_ranges();
+        let cache = core::mem::size_of::<RttCache>();
+        assert_eq!(a, 0);
+        assert_eq!(la + cache, b);
+        assert_eq!(b + lb, core::mem::size_of::<Pastry>());
+        let node = core::mem::size_of::<crate::Node>();
+        for (offset, len) in crate::Node::hot_ranges() {
+            assert!(len > 0 && offset + len <= node, "{offset} + {len} > {node}");
+        }
     }
 }
