@@ -41,6 +41,8 @@ fi
 
 # --- pastry_wire -----------------------------------------------------------
 # Common header: version 01, type, 16-byte sender id.
+# Protocol version (core/src/wire/mod.rs VERSION), then the sender id.
+v=02
 sender=000102030405060708090a0b0c0d0e0f
 # A handle: 16-byte id, family 04, 10.0.0.1, port 4000 (0fa0).
 handle=f0e0d0c0b0a090807060504030201000040a0000010fa0
@@ -48,19 +50,19 @@ handle=f0e0d0c0b0a090807060504030201000040a0000010fa0
 handle6=1111111111111111111111111111111106fd0000000000000000000000000000010fa0
 pw="$here/corpus/pastry_wire"
 # Route: hop id, key, hops, service 1 (lookup), origin, payload "hello".
-put "$pw" "0101${sender}00000000000000077fffffffffffffffffffffffffffffff0301${handle}68656c6c6f"
+put "$pw" "${v}01${sender}00000000000000077fffffffffffffffffffffffffffffff0301${handle}68656c6c6f"
 # Route: a join (service 0) with an IPv6 origin and the one-byte row payload.
-put "$pw" "0101${sender}0000000000000001000000000000000000000000000000010000${handle6}00"
+put "$pw" "${v}01${sender}0000000000000001000000000000000000000000000000010000${handle6}00"
 # RouteAck
-put "$pw" "0102${sender}ffffffffffffffff"
+put "$pw" "${v}02${sender}ffffffffffffffff"
 # State: join final|rows, rtt 1234, two table entries, one leaf, no neighbours.
-put "$pw" "0103${sender}03000004d202${handle}${handle6}01${handle}00"
+put "$pw" "${v}03${sender}03000004d202${handle}${handle6}01${handle}00"
 # Announce, rtt unknown
-put "$pw" "0104${sender}ffffffff"
-# Ping token 5, active, rtt unknown; Pong token 6
-put "$pw" "0105${sender}000000000000000501ffffffff"
-put "$pw" "0106${sender}0000000000000006"
+put "$pw" "${v}04${sender}ffffffff"
+# Ping token 5, active, rtt unknown; Pong token 6, no flags, no report bound
+put "$pw" "${v}05${sender}000000000000000501ffffffff"
+put "$pw" "${v}06${sender}000000000000000600ffffffff"
 # LeafSetRequest; RowRequest row 3
-put "$pw" "0107${sender}"
-put "$pw" "0108${sender}03"
+put "$pw" "${v}07${sender}"
+put "$pw" "${v}08${sender}03"
 echo "pastry_wire: $(ls "$pw" | wc -l) messages"

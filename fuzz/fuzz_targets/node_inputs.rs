@@ -135,6 +135,7 @@ enum Kind {
     Pong {
         token: u64,
         flags: u8,
+        report_below: u32,
     },
     LeafSetRequest,
     RowRequest {
@@ -414,7 +415,15 @@ impl Harness {
                 flags,
                 rtt_hint,
             },
-            Kind::Pong { token, flags } => Repr::Pong { token, flags },
+            Kind::Pong {
+                token,
+                flags,
+                report_below,
+            } => Repr::Pong {
+                token,
+                flags,
+                report_below,
+            },
             Kind::RttReport { rtt } => Repr::RttReport { rtt },
             Kind::LeafSetRequest => Repr::LeafSetRequest,
             Kind::RowRequest { row } => Repr::RowRequest { row },
@@ -450,6 +459,7 @@ impl Harness {
                 let pong = Repr::Pong {
                     token,
                     flags: alm_core::wire::pastry::PONG_WANT_RTT,
+                    report_below: alm_core::wire::pastry::RTT_UNKNOWN,
                 };
                 self.deliver(to, me, &pong)
             }

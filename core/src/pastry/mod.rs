@@ -300,8 +300,9 @@ pub struct Pastry {
     pub upcalls: VecDeque<Upcall>,
     pub stats: Stats,
     /// While answering a ping from this node: a probe of it is folded into
-    /// our pong (`PONG_WANT_RTT`); the flag says one was wanted.
-    fold_probe: Option<(NodeId, bool)>,
+    /// our pong (`PONG_WANT_RTT`); `Some(bound)` once one was wanted, with
+    /// the RTT it must be below to matter to us.
+    fold_probe: Option<(NodeId, Option<u32>)>,
     /// See `pns_rows`.
     proximity_rows: usize,
     /// Routing-table maintenance runs at 1/`maint_backoff` of its full rate
@@ -495,21 +496,32 @@ impl Pastry {
     }
 
     fn ping(&mut self, now: Time, h: NodeHandle, cause: ProbeCause) {
-        self.probe(now, h, cause, None);
+        self.probe(now, h, cause, None, RTT_UNKNOWN);
     }
 
     /// `ping`, from a caller that may already have looked up
     /// `known_rtt(h.id)` (`None`: look it up here, if a ping goes out).
     /// An unmeasured node's `Some(RTT_UNKNOWN)` spares the lookup too.
-    fn probe(&mut self, now: Time, h: NodeHandle, cause: ProbeCause, known: Option<u32>) {
+    /// `matters_below`: only an RTT below it can change our tables
+    /// (`RTT_UNKNOWN`: any RTT can, or the probe is not about RTT).
+    fn probe(
+        &mut self,
+        now: Time,
+        h: NodeHandle,
+        cause: ProbeCause,
+        known: Option<u32>,
+        matters_below: u32,
+    ) {
         if h.id == self.me.id || self.probes.contains_key(&h.id) {
             return;
         }
         if let Some((id, folded)) = &mut self.fold_probe
             && *id == h.id
         {
-            // Answering its ping: the pong asks for the RTT instead.
-            *folded = true;
+            // Answering its ping: the pong asks for the RTT instead, and
+            // only if it can matter (the pinger measures it anyway; most
+            // candidates do not beat the holder of their slot).
+            *folded = Some(folded.map_or(matters_below, |b| b.max(matters_below)));
             return;
         }
         let deadline = now + self.cfg.probe_timeout;
@@ -813,6 +825,8 @@ impl Pastry {
             }
         };
         let mut want_probe = None;
+        // The RTT below which a measurement can change the tables.
+        let mut matters_below = RTT_UNKNOWN;
         // Leaf set: by id only.
         let heard_at = if direct { now } else { Time::ZERO };
         if self.leaves.insert_measured(h, heard_at, rtt) {
@@ -853,6 +867,11 @@ impl Pastry {
                     self.stats.probes_pruned += 1;
                 }
                 want_probe = (measure && !skip).then_some(ProbeCause::Table);
+                if want_probe.is_some() && holder_rtt != RTT_UNKNOWN {
+                    // Only a nearer node replaces the holder; any node
+                    // nearer than the neighbourhood set's farthest joins it.
+                    matters_below = holder_rtt.max(self.nbrs.admits_below());
+                }
             }
             Offer::Rejected => {}
         }
@@ -862,7 +881,10 @@ impl Pastry {
         if let Some(cause) = want_probe {
             // Every table above now gives `rtt` as what we know of `h`.
             debug_assert_eq!(rtt, self.known_rtt(h.id));
-            self.probe(now, h, cause, Some(rtt));
+            if cause != ProbeCause::Table {
+                matters_below = RTT_UNKNOWN;
+            }
+            self.probe(now, h, cause, Some(rtt), matters_below);
         }
     }
 
@@ -1568,19 +1590,22 @@ impl Pastry {
                 rtt_hint,
             } => {
                 let mut pong_flags = 0;
+                let mut report_below = RTT_UNKNOWN;
                 if flags & PING_ACTIVE != 0 && self.is_active() {
                     // If we want to measure the pinger, its ping already
                     // is half of that: ask it to report what our pong
                     // measures instead of pinging it back.
-                    self.fold_probe = Some((from.id, false));
+                    self.fold_probe = Some((from.id, None));
                     self.offer_heard(now, from, rtt_hint, slot);
-                    if let Some((_, true)) = self.fold_probe.take() {
+                    if let Some((_, Some(below))) = self.fold_probe.take() {
                         pong_flags = PONG_WANT_RTT;
+                        report_below = below;
                     }
                 }
                 let pong = Repr::Pong {
                     token,
                     flags: pong_flags,
+                    report_below,
                 };
                 self.send(from.addr, &pong);
             }
@@ -1590,7 +1615,11 @@ impl Pastry {
                     self.offer_heard(now, from, rtt, slot);
                 }
             }
-            Repr::Pong { token, flags } => {
+            Repr::Pong {
+                token,
+                flags,
+                report_below,
+            } => {
                 if self.probes.remove(&from.id).is_none() {
                     // Unsolicited or late: nothing to measure.
                     return;
@@ -1602,7 +1631,8 @@ impl Pastry {
                     .saturating_sub(token)
                     .clamp(1, u64::from(RTT_UNKNOWN - 1));
                 self.offer_heard(now, from, rtt as u32, slot);
-                if flags & PONG_WANT_RTT != 0 {
+                // (`rtt` is below `RTT_UNKNOWN`: an unbounded ask is met.)
+                if flags & PONG_WANT_RTT != 0 && (rtt as u32) < report_below {
                     let report = Repr::RttReport { rtt: rtt as u32 };
                     self.send(from.addr, &report);
                 }
@@ -1772,6 +1802,17 @@ mod tests {
         p.handle(now, h, ping);
     }
 
+    /// Fill `p`'s neighbourhood set with nodes 100 µs away (ids under
+    /// top digits 7 and 8, away from the slots the tests use).
+    fn fill_neighbourhood(p: &mut Pastry, now: Time) {
+        let cap = p.config().neighborhood_size;
+        for k in 0..cap as u128 {
+            let h = handle(7 + k % 2, 1_000 + k, 100 + k as u8);
+            ping_from(p, now, h, 100);
+        }
+        assert_eq!(p.neighborhood().admits_below(), 100);
+    }
+
     #[test]
     fn a_wanted_reverse_probe_rides_on_the_pong() {
         let mut rng = Rng::new(9);
@@ -1781,6 +1822,7 @@ mod tests {
         // b's slot (0, 5) is held by a node measured at 1 ms.
         let holder = handle(5, 10, 2);
         ping_from(&mut b, t0, holder, 1_000);
+        fill_neighbourhood(&mut b, t0);
         decoded(&mut b);
         // a, a candidate for that slot, probes b (for its own table).
         let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
@@ -1797,10 +1839,11 @@ mod tests {
                 pong,
                 Repr::Pong {
                     flags: PONG_WANT_RTT,
+                    report_below: 1_000,
                     ..
                 }
             ),
-            "{pong:?}"
+            "only an RTT below the holder's matters: {pong:?}"
         );
         a.handle(t0 + Duration::from_micros(400), b.me(), pong);
         let [(_, report)] = decoded(&mut a).try_into().expect("one report");
@@ -1808,6 +1851,32 @@ mod tests {
         b.handle(t0 + Duration::from_micros(600), a.me(), report);
         let e = b.routing_table().get(0, 5).expect("slot filled");
         assert_eq!((e.handle, e.rtt), (a.me(), 400));
+    }
+
+    #[test]
+    fn a_reverse_probe_that_cannot_win_is_not_reported() {
+        let mut rng = Rng::new(9);
+        let t0 = Time::from_micros(1_000_000);
+        let mut b = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
+        b.join(t0, &[]);
+        let holder = handle(5, 10, 2);
+        ping_from(&mut b, t0, holder, 1_000);
+        fill_neighbourhood(&mut b, t0);
+        decoded(&mut b);
+        let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
+        a.join(t0, &[]);
+        a.ping(t0, b.me(), ProbeCause::Table);
+        let [(_, ping)] = decoded(&mut a).try_into().expect("one ping");
+        b.handle(t0, a.me(), ping);
+        let [(_, pong)] = decoded(&mut b).try_into().expect("only a pong");
+        // a measures 1.5 ms, farther than b's holder: it keeps that to
+        // itself (its own table still takes b).
+        a.handle(t0 + Duration::from_micros(1_500), b.me(), pong);
+        assert!(decoded(&mut a).is_empty(), "no report");
+        let e = a.routing_table().get(0, 0).expect("a's slot for b");
+        assert_eq!((e.handle, e.rtt), (b.me(), 1_500));
+        let e = b.routing_table().get(0, 5).expect("b's slot");
+        assert_eq!(e.handle, holder, "the holder stays");
     }
 
     #[test]

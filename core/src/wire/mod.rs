@@ -25,8 +25,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::addr::{NodeHandle, PeerAddr};
 use crate::id::NodeId;
 
-/// Version of the alm wire protocol spoken by this build.
-pub const VERSION: u8 = 1;
+/// Version of the alm wire protocol spoken by this build. Nodes of other
+/// versions do not understand each other: their messages are counted as
+/// decode errors and dropped. (2: `Pong` carries a report bound.)
+pub const VERSION: u8 = 2;
 
 /// Why a message could not be decoded. Deliberately coarse, like smoltcp's:
 /// the caller counts it and drops the message.

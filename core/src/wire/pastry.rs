@@ -39,12 +39,14 @@
 //! clock reading in the token, so an RTT needs no state. Flags (1): bit 0
 //! asks the pinger to report the RTT it measures (an active pinger that
 //! did not know the RTT is a candidate for the ponger's tables too; one
-//! report replaces a whole ping/pong in the other direction).
+//! report replaces a whole ping/pong in the other direction). Report
+//! below (4): with bit 0, report only an RTT below this many µs (what the
+//! pinger must beat to enter the ponger's tables; `u32::MAX`: any).
 //!
 //! **LeafSetRequest** (0x07) — empty body. **RowRequest** (0x08) — row (1).
 //!
 //! **RttReport** (0x09) — RTT (4) in µs the sender measured to the receiver,
-//! answering a Pong with flag bit 0.
+//! answering a Pong with flag bit 0 if the RTT is below its report bound.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -166,6 +168,9 @@ pub enum Repr {
     Pong {
         token: u64,
         flags: u8,
+        /// With `PONG_WANT_RTT`: report only an RTT below this
+        /// (`RTT_UNKNOWN`: any).
+        report_below: u32,
     },
     LeafSetRequest,
     RowRequest {
@@ -249,6 +254,7 @@ impl Repr {
             MsgType::Pong => Repr::Pong {
                 token: r.u64()?,
                 flags: r.u8()?,
+                report_below: r.u32()?,
             },
             MsgType::LeafSetRequest => Repr::LeafSetRequest,
             MsgType::RowRequest => Repr::RowRequest { row: r.u8()? },
@@ -264,7 +270,7 @@ impl Repr {
             + match self {
                 Repr::Route(m) => 8 + 16 + 1 + 1 + handle_len(&m.origin) + m.payload.len(),
                 Repr::RouteAck { .. } => 8,
-                Repr::Pong { .. } => 9,
+                Repr::Pong { .. } => 13,
                 Repr::Ping { .. } => 13,
                 Repr::State(s) => {
                     1 + 4
@@ -323,9 +329,14 @@ impl Repr {
                 b[9..].copy_from_slice(&rtt_hint.to_be_bytes());
                 out.put_slice(&b);
             }
-            Repr::Pong { token, flags } => {
-                let mut b = [*flags; 8 + 1];
+            Repr::Pong {
+                token,
+                flags,
+                report_below,
+            } => {
+                let mut b = [*flags; 8 + 1 + 4];
                 b[..8].copy_from_slice(&token.to_be_bytes());
+                b[9..].copy_from_slice(&report_below.to_be_bytes());
                 out.put_slice(&b);
             }
             Repr::LeafSetRequest => {}
@@ -432,6 +443,7 @@ mod tests {
         roundtrip(Repr::Pong {
             token: 6,
             flags: PONG_WANT_RTT,
+            report_below: 2_500,
         });
         roundtrip(Repr::RttReport { rtt: 4_321 });
         roundtrip(Repr::LeafSetRequest);

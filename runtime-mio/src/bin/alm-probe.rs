@@ -115,7 +115,7 @@ fn blast(args: &[String]) -> Result<(), String> {
         match sent % 3 {
             0 => {}
             _ if len >= 2 => {
-                buf[0] = 1; // VERSION
+                buf[0] = alm_core::wire::VERSION;
                 buf[1] = types[(rng.next() as usize) % types.len()];
             }
             _ => {}
