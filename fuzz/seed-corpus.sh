@@ -40,8 +40,8 @@ else
 fi
 
 # --- pastry_wire -----------------------------------------------------------
-# Common header: version 01, type, 16-byte sender id.
-# Protocol version (core/src/wire/mod.rs VERSION), then the sender id.
+# Common header: version ($v, core/src/wire/mod.rs VERSION), type, 16-byte
+# sender id.
 v=02
 sender=000102030405060708090a0b0c0d0e0f
 # A handle: 16-byte id, family 04, 10.0.0.1, port 4000 (0fa0).

@@ -824,9 +824,9 @@ impl Pastry {
                 _ => self.known_rtt_off_table(h.id),
             }
         };
+        // A probe to send: why, and the RTT below which its measurement
+        // can change the tables (`RTT_UNKNOWN`: any).
         let mut want_probe = None;
-        // The RTT below which a measurement can change the tables.
-        let mut matters_below = RTT_UNKNOWN;
         // Leaf set: by id only.
         let heard_at = if direct { now } else { Time::ZERO };
         if self.leaves.insert_measured(h, heard_at, rtt) {
@@ -835,7 +835,7 @@ impl Pastry {
             if !direct && self.is_active() {
                 // Check it is alive, and let it learn about us. (A joiner
                 // announces itself to its whole leaf set when it is done.)
-                want_probe = Some(ProbeCause::NewLeaf);
+                want_probe = Some((ProbeCause::NewLeaf, RTT_UNKNOWN));
             }
         }
         // (A direct offer comes from `handle`, which has already marked a
@@ -853,7 +853,7 @@ impl Pastry {
             Offer::Inserted | Offer::Replaced(_) => {
                 self.table_changes = self.table_changes.saturating_add(1);
                 if rtt == RTT_UNKNOWN && measure {
-                    want_probe = Some(ProbeCause::Table);
+                    want_probe = Some((ProbeCause::Table, RTT_UNKNOWN));
                 }
             }
             Offer::NeedsRtt { holder_rtt } => {
@@ -866,24 +866,20 @@ impl Pastry {
                 if skip && measure {
                     self.stats.probes_pruned += 1;
                 }
-                want_probe = (measure && !skip).then_some(ProbeCause::Table);
-                if want_probe.is_some() && holder_rtt != RTT_UNKNOWN {
-                    // Only a nearer node replaces the holder; any node
-                    // nearer than the neighbourhood set's farthest joins it.
-                    matters_below = holder_rtt.max(self.nbrs.admits_below());
-                }
+                // Only a nearer node replaces the holder (any, if it is
+                // unmeasured); any node nearer than the neighbourhood set's
+                // farthest joins that set.
+                let matters_below = holder_rtt.max(self.nbrs.admits_below());
+                want_probe = (measure && !skip).then_some((ProbeCause::Table, matters_below));
             }
             Offer::Rejected => {}
         }
         if rtt != RTT_UNKNOWN {
             self.nbrs.offer(h, rtt);
         }
-        if let Some(cause) = want_probe {
+        if let Some((cause, matters_below)) = want_probe {
             // Every table above now gives `rtt` as what we know of `h`.
             debug_assert_eq!(rtt, self.known_rtt(h.id));
-            if cause != ProbeCause::Table {
-                matters_below = RTT_UNKNOWN;
-            }
             self.probe(now, h, cause, Some(rtt), matters_below);
         }
     }
@@ -1813,18 +1809,19 @@ mod tests {
         assert_eq!(p.neighborhood().admits_below(), 100);
     }
 
-    #[test]
-    fn a_wanted_reverse_probe_rides_on_the_pong() {
+    /// b, whose slot (0, 5) is held by a node measured at 1 ms and whose
+    /// neighbourhood set is full, answers a ping from a, a candidate for
+    /// that slot probing b for its own table. Returns a, b, the holder,
+    /// the time and b's pong to a.
+    fn reverse_probe() -> (Pastry, Pastry, NodeHandle, Time, Repr) {
         let mut rng = Rng::new(9);
         let t0 = Time::from_micros(1_000_000);
         let mut b = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
         b.join(t0, &[]);
-        // b's slot (0, 5) is held by a node measured at 1 ms.
         let holder = handle(5, 10, 2);
         ping_from(&mut b, t0, holder, 1_000);
         fill_neighbourhood(&mut b, t0);
         decoded(&mut b);
-        // a, a candidate for that slot, probes b (for its own table).
         let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
         a.join(t0, &[]);
         a.ping(t0, b.me(), ProbeCause::Table);
@@ -1834,6 +1831,12 @@ mod tests {
         // b wants a's RTT too, but does not ping back: its pong asks.
         let [(to, pong)] = decoded(&mut b).try_into().expect("only a pong");
         assert_eq!(to, a.me().addr);
+        (a, b, holder, t0, pong)
+    }
+
+    #[test]
+    fn a_wanted_reverse_probe_rides_on_the_pong() {
+        let (mut a, mut b, _, t0, pong) = reverse_probe();
         assert!(
             matches!(
                 pong,
@@ -1855,20 +1858,7 @@ mod tests {
 
     #[test]
     fn a_reverse_probe_that_cannot_win_is_not_reported() {
-        let mut rng = Rng::new(9);
-        let t0 = Time::from_micros(1_000_000);
-        let mut b = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
-        b.join(t0, &[]);
-        let holder = handle(5, 10, 2);
-        ping_from(&mut b, t0, holder, 1_000);
-        fill_neighbourhood(&mut b, t0);
-        decoded(&mut b);
-        let mut a = Pastry::new(Config::default(), handle(5, 20, 3), &mut rng);
-        a.join(t0, &[]);
-        a.ping(t0, b.me(), ProbeCause::Table);
-        let [(_, ping)] = decoded(&mut a).try_into().expect("one ping");
-        b.handle(t0, a.me(), ping);
-        let [(_, pong)] = decoded(&mut b).try_into().expect("only a pong");
+        let (mut a, b, holder, t0, pong) = reverse_probe();
         // a measures 1.5 ms, farther than b's holder: it keeps that to
         // itself (its own table still takes b).
         a.handle(t0 + Duration::from_micros(1_500), b.me(), pong);

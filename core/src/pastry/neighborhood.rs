@@ -85,7 +85,6 @@ impl NeighborhoodSet {
         }
     }
 
-    /// Offer a node with a measured RTT; returns whether it was kept.
     /// The RTT a newcomer must be below to enter: the farthest member's
     /// once the set is full, `u32::MAX` (any) before.
     pub fn admits_below(&self) -> u32 {
@@ -96,6 +95,7 @@ impl NeighborhoodSet {
         }
     }
 
+    /// Offer a node with a measured RTT; returns whether it was kept.
     pub fn offer(&mut self, h: NodeHandle, rtt: u32) -> bool {
         if self.cap == 0 {
             return false;
