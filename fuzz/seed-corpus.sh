@@ -42,7 +42,7 @@ fi
 # --- pastry_wire -----------------------------------------------------------
 # Common header: version ($v, core/src/wire/mod.rs VERSION), type, 16-byte
 # sender id.
-v=02
+v=03
 sender=000102030405060708090a0b0c0d0e0f
 # A handle: 16-byte id, family 04, 10.0.0.1, port 4000 (0fa0).
 handle=f0e0d0c0b0a090807060504030201000040a0000010fa0

@@ -39,7 +39,9 @@ fn messages() -> Vec<(&'static str, Repr)> {
                 table: hs[..16].to_vec(),
                 table_rtts: Vec::new(),
                 leaves: hs[16..32].to_vec(),
+                leaf_rtts: Vec::new(),
                 neighbors: hs[32..].to_vec(),
+                neighbor_rtts: Vec::new(),
             }),
         ),
         (

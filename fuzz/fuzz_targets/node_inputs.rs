@@ -401,6 +401,8 @@ impl Harness {
                 flags,
                 rtt_hint,
                 table: self.handles(&table),
+                leaf_rtts: table_rtts.clone(),
+                neighbor_rtts: table_rtts.clone(),
                 table_rtts,
                 leaves: self.handles(&leaves),
                 neighbors: self.handles(&neighbors),
@@ -450,6 +452,8 @@ impl Harness {
                 rtt_hint: alm_core::wire::pastry::RTT_UNKNOWN,
                 table: handles.clone(),
                 table_rtts: handles.iter().map(|h| h.id.0 as u32).collect(),
+                leaf_rtts: handles.iter().map(|h| h.id.0 as u32 ^ 1).collect(),
+                neighbor_rtts: handles.iter().map(|h| h.id.0 as u32 ^ 2).collect(),
                 leaves: handles.clone(),
                 neighbors: handles.clone(),
             })

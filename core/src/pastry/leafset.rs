@@ -308,6 +308,15 @@ impl LeafSet {
         )
     }
 
+    /// `handles`, and our measured RTT to each (`RTT_UNKNOWN` where none),
+    /// for a `State` with `LIST_RTTS`.
+    pub fn handles_and_rtts(&self) -> (Vec<NodeHandle>, Vec<u32>) {
+        let n = self.cw.len() + self.ccw.len();
+        let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+        lists.extend(self.members().map(|l| (l.handle, l.rtt)));
+        lists
+    }
+
     pub fn handles(&self) -> Vec<NodeHandle> {
         // Sized for both sides up front: `members` cannot say how many it
         // will yield, and growing by doubling took three allocations.

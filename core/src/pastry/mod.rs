@@ -178,14 +178,14 @@ struct Probe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Contest {
     /// Our RTT to the candidate is at least this many µs (a triangle
-    /// inequality from a row reply's RTTs, see `on_state`; 0 when nothing
-    /// is known): probe unless the measured holder is no farther.
+    /// inequality from the RTTs a state lists, see `on_state`; 0 when
+    /// nothing is known): probe unless the measured holder is no farther.
     Bounded(u32),
     /// The candidate is, as far as we know, a random point of the network
-    /// (see `on_state`): probe unless the holder is nearer than random
-    /// nodes are, judged by our measured leaves (see
-    /// `Pastry::nearer_than_random`).
-    RandomPoint,
+    /// (see `on_state`) at least this many µs away: probe unless the
+    /// holder is no farther, or nearer than random nodes are, judged by
+    /// our measured leaves (see `Pastry::nearer_than_random`).
+    RandomPoint(u32),
 }
 
 /// Why a probe goes out (counted in `Stats::probes_*`).
@@ -767,21 +767,17 @@ impl Pastry {
         self.rtt_cache.insert(id, rtt);
     }
 
-    /// Consider `h` for every table. `direct` says we heard from it
-    /// ourselves (so it is alive; `handle` has already called `heard`);
-    /// second-hand nodes are verified with a probe before they can matter.
-    fn offer(&mut self, now: Time, h: NodeHandle, rtt: u32, direct: bool) {
-        self.offer_bounded(now, h, rtt, direct, Contest::Bounded(0), None);
-    }
-
-    /// `offer` of the sender of the message being handled, first-hand,
+    /// `offer_bounded` of the sender of the message being handled, first-hand,
     /// with the routing-table `lookup` that `heard` made of it (the table
     /// has not changed since).
     fn offer_heard(&mut self, now: Time, from: NodeHandle, rtt: u32, slot: Lookup) {
         self.offer_bounded(now, from, rtt, true, Contest::Bounded(0), Some(slot));
     }
 
-    /// `offer`, saying when a second-hand candidate is worth an RTT probe
+    /// Consider `h` for every table. `direct` says we heard from it
+    /// ourselves (so it is alive; `handle` has already called `heard`);
+    /// second-hand nodes are verified with a probe before they can matter.
+    /// `contest` says when a second-hand candidate is worth an RTT probe
     /// against the measured holder of its routing-table slot (see
     /// [`Contest`]). `slot` is the routing table's `lookup` of `h.id` if
     /// the caller made one since the table last changed.
@@ -861,7 +857,9 @@ impl Pastry {
                 let skip = holder_rtt != RTT_UNKNOWN
                     && match contest {
                         Contest::Bounded(floor) => holder_rtt <= floor,
-                        Contest::RandomPoint => self.nearer_than_random(holder_rtt),
+                        Contest::RandomPoint(floor) => {
+                            holder_rtt <= floor || self.nearer_than_random(holder_rtt)
+                        }
                     };
                 if skip && measure {
                     self.stats.probes_pruned += 1;
@@ -1231,24 +1229,31 @@ impl Pastry {
         self.send(contact.addr, &Repr::Route(route));
     }
 
+    /// A `State` with our leaf set and our RTT to each member.
+    fn leaf_state(&self, flags: u8, rtt_hint: u32) -> State {
+        let (leaves, leaf_rtts) = self.leaves.handles_and_rtts();
+        State {
+            flags: flags | sf::LEAFSET | sf::LIST_RTTS,
+            rtt_hint,
+            leaves,
+            leaf_rtts,
+            ..State::default()
+        }
+    }
+
     /// Gossip our leaf set to the nearest node on each side (like Chord's
     /// stabilisation) and to one random member (epidemic spread across
     /// the set): concurrent joins can leave neighbours unaware of each
     /// other, and this is what brings them together.
     fn gossip_leaf_set(&mut self) {
-        let members = self.leaves.handles();
-        if !members.is_empty() {
+        let state = self.leaf_state(sf::GOSSIP, RTT_UNKNOWN);
+        if !state.leaves.is_empty() {
             let mut targets: SmallVec<[NodeHandle; 3]> = [Side::Cw, Side::Ccw]
                 .into_iter()
                 .filter_map(|s| self.leaves.nearest(s))
                 .collect();
-            targets.push(members[self.rng.index(members.len())]);
-            let mut repr = Repr::State(State {
-                flags: sf::LEAFSET | sf::GOSSIP,
-                rtt_hint: RTT_UNKNOWN,
-                leaves: members,
-                ..State::default()
-            });
+            targets.push(state.leaves[self.rng.index(state.leaves.len())]);
+            let mut repr = Repr::State(state);
             for (i, h) in targets.iter().enumerate() {
                 if !targets[..i].iter().any(|t| t.id == h.id) {
                     // Our RTT to it, so it need not measure us back.
@@ -1505,18 +1510,24 @@ impl Pastry {
                 .table
                 .extend(rows.map(|e| e.handle).filter(|h| h.id != joiner.id));
         }
+        // The sets go with our RTT to each member, for the triangle
+        // bound of `on_state` (which a joiner can use once it knows its
+        // RTT to us).
         if route.hops == 0 {
-            state.flags |= sf::JOIN_CONTACT;
-            state.neighbors = Vec::with_capacity(self.nbrs.len());
-            state
-                .neighbors
-                .extend(self.nbrs.handles().copied().filter(|h| h.id != joiner.id));
+            state.flags |= sf::JOIN_CONTACT | sf::LIST_RTTS;
+            let n = self.nbrs.len();
+            let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+            lists.extend(self.nbrs.members().filter(|(h, _)| h.id != joiner.id));
+            (state.neighbors, state.neighbor_rtts) = lists;
         }
         if is_final {
-            state.flags |= sf::JOIN_FINAL;
-            let mut leaves = self.leaves.handles();
-            leaves.retain(|h| h.id != joiner.id);
-            state.leaves = leaves;
+            state.flags |= sf::JOIN_FINAL | sf::LIST_RTTS;
+            let (mut leaves, mut rtts) = self.leaves.handles_and_rtts();
+            if let Some(i) = leaves.iter().position(|h| h.id == joiner.id) {
+                leaves.remove(i);
+                rtts.remove(i);
+            }
+            (state.leaves, state.leaf_rtts) = (leaves, rtts);
         }
         self.send(joiner.addr, &Repr::State(state));
         let row_after = (last_row + 1).max(next_row).min(255) as u8;
@@ -1570,13 +1581,7 @@ impl Pastry {
                 }
                 self.offer_heard(now, from, rtt_hint, slot);
                 if self.leaves.contains(from.id) {
-                    let leaves = self.leaves.handles();
-                    let state = State {
-                        flags: sf::LEAFSET,
-                        rtt_hint,
-                        leaves,
-                        ..State::default()
-                    };
+                    let state = self.leaf_state(0, rtt_hint);
                     self.send(from.addr, &Repr::State(state));
                 }
             }
@@ -1638,13 +1643,7 @@ impl Pastry {
                 if !self.is_active() {
                     return;
                 }
-                let leaves = self.leaves.handles();
-                let state = State {
-                    flags: sf::LEAFSET,
-                    rtt_hint: self.known_rtt(from.id),
-                    leaves,
-                    ..State::default()
-                };
+                let state = self.leaf_state(0, self.known_rtt(from.id));
                 self.send(from.addr, &Repr::State(state));
             }
             Repr::RowRequest { row } => {
@@ -1689,12 +1688,7 @@ impl Pastry {
             .chain(self.leaves.members().map(|l| l.handle))
             .any(|h| h.id != from.id && view.would_accept(h.id));
         if missing {
-            let state = State {
-                flags: sf::LEAFSET,
-                rtt_hint: RTT_UNKNOWN,
-                leaves: self.leaves.handles(),
-                ..State::default()
-            };
+            let state = self.leaf_state(0, RTT_UNKNOWN);
             self.send(from.addr, &Repr::State(state));
         }
     }
@@ -1710,35 +1704,45 @@ impl Pastry {
             return;
         }
         self.offer_heard(now, from, state.rtt_hint, slot);
-        // With the sender's RTT to each table entry, the triangle inequality
-        // bounds ours from below: rtt(us, e) >= rtt(sender, e) - rtt(us, sender).
+        // With the sender's RTT to each entry of a list, the triangle
+        // inequality bounds ours from below, both ways: rtt(us, e) >=
+        // |rtt(sender, e) - rtt(us, sender)|. An entry near a sender near
+        // us may be near us; one near a sender far from us, or far from a
+        // sender near us, is not.
         let to_sender = self.known_rtt(from.id);
-        let with_rtts = state.flags & sf::TABLE_RTTS != 0 && to_sender != RTT_UNKNOWN;
+        let flags = state.flags;
+        let floor = |rtts: &[u32], flag: u8, i: usize| match rtts.get(i) {
+            Some(&r) if flags & flag != 0 && to_sender != RTT_UNKNOWN && r != RTT_UNKNOWN => {
+                r.abs_diff(to_sender)
+            }
+            _ => 0,
+        };
         for (i, h) in state.table.iter().enumerate() {
-            let floor = match state.table_rtts.get(i) {
-                Some(&r) if with_rtts && r != RTT_UNKNOWN => r.saturating_sub(to_sender),
-                _ => 0,
-            };
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, Contest::Bounded(floor), None);
+            let contest = Contest::Bounded(floor(&state.table_rtts, sf::TABLE_RTTS, i));
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, contest, None);
         }
         // A leaf set lists the nodes nearest the sender in id space, hence
         // near us in id space, not in the network: for an occupied slot of
         // our table such a node is no likelier than any other to beat the
         // measured holder (1 in 20 did, at 30k nodes). Once we are active
         // it fills empty slots, but is probed against a holder only if
-        // random nodes stand a chance against it. Near candidates come
-        // from row replies and neighbourhood sets. (A joiner still measures
-        // its final leaf set: its table is young.)
-        let leaf_contest = if self.is_active() && state.flags & sf::LEAFSET != 0 {
-            Contest::RandomPoint
-        } else {
-            Contest::Bounded(0)
-        };
-        for h in &state.leaves {
-            self.offer_bounded(now, *h, RTT_UNKNOWN, false, leaf_contest, None);
+        // random nodes stand a chance against it (and the triangle bound
+        // allows). Near candidates come from row replies and neighbourhood
+        // sets. (A joiner still measures its final leaf set: its table is
+        // young.)
+        let random_point = self.is_active() && state.flags & sf::LEAFSET != 0;
+        for (i, h) in state.leaves.iter().enumerate() {
+            let at_least = floor(&state.leaf_rtts, sf::LIST_RTTS, i);
+            let contest = if random_point {
+                Contest::RandomPoint(at_least)
+            } else {
+                Contest::Bounded(at_least)
+            };
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, contest, None);
         }
-        for h in &state.neighbors {
-            self.offer(now, *h, RTT_UNKNOWN, false);
+        for (i, h) in state.neighbors.iter().enumerate() {
+            let contest = Contest::Bounded(floor(&state.neighbor_rtts, sf::LIST_RTTS, i));
+            self.offer_bounded(now, *h, RTT_UNKNOWN, false, contest, None);
         }
         if state.flags & sf::GOSSIP != 0 && self.is_active() {
             self.answer_gossip(from, &state.leaves);

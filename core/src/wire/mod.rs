@@ -27,8 +27,9 @@ use crate::id::NodeId;
 
 /// Version of the alm wire protocol spoken by this build. Nodes of other
 /// versions do not understand each other: their messages are counted as
-/// decode errors and dropped. (2: `Pong` carries a report bound.)
-pub const VERSION: u8 = 2;
+/// decode errors and dropped. (2: `Pong` carries a report bound; 3: a
+/// `State` may list RTTs for its leaf and neighbourhood sets.)
+pub const VERSION: u8 = 3;
 
 /// Why a message could not be decoded. Deliberately coarse, like smoltcp's:
 /// the caller counts it and drops the message.

@@ -100,6 +100,11 @@ pub mod state_flags {
     /// the receiver bounds its RTT to each entry from below and measures
     /// only those that could beat what it has.
     pub const TABLE_RTTS: u8 = 64;
+    /// Likewise for the leaf set and the neighbourhood set: each list is
+    /// followed by the sender's RTT to each member. Both bounds of the
+    /// triangle inequality then apply: a member near a sender far from the
+    /// receiver is far from the receiver too.
+    pub const LIST_RTTS: u8 = 128;
 }
 
 /// `RowRequest` for this row asks for the neighbourhood set instead (the
@@ -137,15 +142,42 @@ pub struct State {
     /// (missing values are sent as `RTT_UNKNOWN`, extra ones are ignored).
     pub table_rtts: Vec<u32>,
     pub leaves: Vec<NodeHandle>,
+    /// With `LIST_RTTS`: the sender's RTT to each of `leaves`, in order
+    /// (as `table_rtts`).
+    pub leaf_rtts: Vec<u32>,
     pub neighbors: Vec<NodeHandle>,
+    /// With `LIST_RTTS`: the sender's RTT to each of `neighbors`.
+    pub neighbor_rtts: Vec<u32>,
 }
 
-/// Number of RTT values a `State` carries after its table entries.
-fn table_rtts_len(s: &State) -> usize {
-    if s.flags & state_flags::TABLE_RTTS != 0 {
-        s.table.len().min(MAX_LIST)
+/// Number of RTT values a `State` carries after `list` if `flag` is set.
+fn rtts_len(s: &State, flag: u8, list: &[NodeHandle]) -> usize {
+    if s.flags & flag != 0 {
+        list.len().min(MAX_LIST)
     } else {
         0
+    }
+}
+
+/// `n` RTT values, in order, for a list of `n` handles just read.
+fn get_rtts(r: &mut Reader<'_>, present: bool, n: usize) -> Result<Vec<u32>> {
+    if !present {
+        return Ok(Vec::new());
+    }
+    if n * 4 > r.remaining() {
+        return Err(Error::Truncated);
+    }
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        rtts.push(r.u32()?);
+    }
+    Ok(rtts)
+}
+
+/// `rtts_len` values of `rtts`, padded with `RTT_UNKNOWN`.
+fn put_rtts(out: &mut impl BufMut, rtts: &[u32], n: usize) {
+    for i in 0..n {
+        out.put_u32(rtts.get(i).copied().unwrap_or(RTT_UNKNOWN));
     }
 }
 
@@ -223,26 +255,23 @@ impl Repr {
             MsgType::State => {
                 let flags = r.u8()?;
                 let rtt_hint = r.u32()?;
+                let lists = flags & state_flags::LIST_RTTS != 0;
                 let table = r.handles()?;
-                let mut table_rtts = Vec::new();
-                if flags & state_flags::TABLE_RTTS != 0 {
-                    if table.len() * 4 > r.remaining() {
-                        return Err(Error::Truncated);
-                    }
-                    table_rtts.reserve_exact(table.len());
-                    for _ in 0..table.len() {
-                        table_rtts.push(r.u32()?);
-                    }
-                }
+                let table_rtts =
+                    get_rtts(&mut r, flags & state_flags::TABLE_RTTS != 0, table.len())?;
                 let leaves = r.handles()?;
+                let leaf_rtts = get_rtts(&mut r, lists, leaves.len())?;
                 let neighbors = r.handles()?;
+                let neighbor_rtts = get_rtts(&mut r, lists, neighbors.len())?;
                 Repr::State(State {
                     flags,
                     rtt_hint,
                     table,
                     table_rtts,
                     leaves,
+                    leaf_rtts,
                     neighbors,
+                    neighbor_rtts,
                 })
             }
             MsgType::Announce => Repr::Announce { rtt_hint: r.u32()? },
@@ -275,9 +304,11 @@ impl Repr {
                 Repr::State(s) => {
                     1 + 4
                         + handles_len(&s.table)
-                        + 4 * table_rtts_len(s)
+                        + 4 * rtts_len(s, state_flags::TABLE_RTTS, &s.table)
                         + handles_len(&s.leaves)
+                        + 4 * rtts_len(s, state_flags::LIST_RTTS, &s.leaves)
                         + handles_len(&s.neighbors)
+                        + 4 * rtts_len(s, state_flags::LIST_RTTS, &s.neighbors)
                 }
                 Repr::Announce { .. } => 4,
                 Repr::LeafSetRequest => 0,
@@ -311,12 +342,13 @@ impl Repr {
                 let mut fixed = [s.flags; 1 + 4];
                 fixed[1..].copy_from_slice(&s.rtt_hint.to_be_bytes());
                 out.put_slice(&fixed);
+                use state_flags::{LIST_RTTS, TABLE_RTTS};
                 put_handles(out, &s.table);
-                for i in 0..table_rtts_len(s) {
-                    out.put_u32(s.table_rtts.get(i).copied().unwrap_or(RTT_UNKNOWN));
-                }
+                put_rtts(out, &s.table_rtts, rtts_len(s, TABLE_RTTS, &s.table));
                 put_handles(out, &s.leaves);
+                put_rtts(out, &s.leaf_rtts, rtts_len(s, LIST_RTTS, &s.leaves));
                 put_handles(out, &s.neighbors);
+                put_rtts(out, &s.neighbor_rtts, rtts_len(s, LIST_RTTS, &s.neighbors));
             }
             Repr::Announce { rtt_hint } => out.put_u32(*rtt_hint),
             Repr::Ping {
@@ -422,6 +454,15 @@ mod tests {
                 NodeId(9),
                 PeerAddr("[2001:db8::7]:4000".parse().unwrap()),
             )],
+            ..State::default()
+        }));
+        roundtrip(Repr::State(State {
+            flags: state_flags::JOIN_FINAL | state_flags::LIST_RTTS,
+            rtt_hint: 3,
+            leaves: vec![h(1), h(2)],
+            leaf_rtts: vec![10, RTT_UNKNOWN],
+            neighbors: vec![h(3)],
+            neighbor_rtts: vec![30],
             ..State::default()
         }));
         roundtrip(Repr::State(State {
