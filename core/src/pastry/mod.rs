@@ -1515,10 +1515,7 @@ impl Pastry {
         // RTT to us).
         if route.hops == 0 {
             state.flags |= sf::JOIN_CONTACT | sf::LIST_RTTS;
-            let n = self.nbrs.len();
-            let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
-            lists.extend(self.nbrs.members().filter(|(h, _)| h.id != joiner.id));
-            (state.neighbors, state.neighbor_rtts) = lists;
+            (state.neighbors, state.neighbor_rtts) = self.nbrs.lists_without(joiner.id);
         }
         if is_final {
             state.flags |= sf::JOIN_FINAL | sf::LIST_RTTS;
@@ -1654,10 +1651,7 @@ impl Pastry {
                 // they get): filling them by doubling took several
                 // allocations per reply.
                 let (table, table_rtts) = if row == NEIGHBORHOOD_ROW {
-                    let n = self.nbrs.len();
-                    let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
-                    lists.extend(self.nbrs.members().filter(|(h, _)| h.id != from.id));
-                    lists
+                    self.nbrs.lists_without(from.id)
                 } else {
                     let entries = self.table.row(usize::from(row));
                     let n = entries.len();
@@ -1952,6 +1946,50 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn listed_rtts_bound_leaf_and_neighbour_candidates_from_both_sides() {
+        let mut rng = Rng::new(6);
+        let now = Time::from_micros(1_000_000);
+        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
+        p.join(now, &[]);
+        // A full leaf set at 5 ms: holders at 9 ms are farther than random
+        // nodes, so leaf-set candidates may contest them.
+        for i in 0..8u8 {
+            ping_from(&mut p, now, handle(0, 100 + u128::from(i), 10 + i), 5_000);
+            let ccw = handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i);
+            ping_from(&mut p, now, ccw, 5_000);
+        }
+        for (digit, host) in [(7, 2), (8, 3), (9, 4)] {
+            ping_from(&mut p, now, handle(digit, 10, host), 9_000);
+        }
+        // The sender is 12 ms away.
+        let sender = handle(3, 11, 30);
+        ping_from(&mut p, now, sender, 12_000);
+        sent(&mut p);
+        // c7 is 2 ms from the sender, so at least 10 ms from us (only the
+        // bound from the sender's side says so); c8 is 20 ms from it, at
+        // least 8 ms from us, and may win; c9, a neighbour 30 ms from it,
+        // is at least 18 ms from us.
+        let (c7, c8, c9) = (handle(7, 20, 5), handle(8, 20, 6), handle(9, 20, 7));
+        let state = State {
+            flags: sf::LEAFSET | sf::GOSSIP | sf::LIST_RTTS,
+            rtt_hint: 12_000,
+            leaves: vec![c7, c8],
+            leaf_rtts: vec![2_000, 20_000],
+            neighbors: vec![c9],
+            neighbor_rtts: vec![30_000],
+            ..State::default()
+        };
+        p.handle(now, sender, Repr::State(state));
+        let pings: Vec<PeerAddr> = sent(&mut p)
+            .into_iter()
+            .filter(|(ty, _)| *ty == MsgType::Ping)
+            .map(|(_, to)| to)
+            .collect();
+        assert_eq!(pings, vec![c8.addr]);
+        assert_eq!(p.stats.probes_pruned, 2);
     }
 
     #[test]

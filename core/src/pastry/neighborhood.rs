@@ -173,6 +173,15 @@ impl NeighborhoodSet {
         }
     }
 
+    /// Members but `id`, nearest first, and our RTT to each: the two
+    /// lists of a `State`.
+    pub fn lists_without(&self, id: NodeId) -> (Vec<NodeHandle>, Vec<u32>) {
+        let n = self.members.len();
+        let mut lists = (Vec::with_capacity(n), Vec::with_capacity(n));
+        lists.extend(self.members().filter(|(h, _)| h.id != id));
+        lists
+    }
+
     /// Members with their RTTs, nearest first.
     pub fn members(&self) -> impl Iterator<Item = (NodeHandle, u32)> + '_ {
         self.members.iter().copied()
