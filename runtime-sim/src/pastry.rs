@@ -937,6 +937,20 @@ fn leaf_set_exact<E: Engine, T: Topology>(
     exact as f64 / nodes.len() as f64
 }
 
+/// Writes `label value` lines with the values aligned one column past the
+/// longest label, so a long label never runs into its value.
+pub(crate) fn write_rows(s: &mut String, rows: &[(&str, String)]) {
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 2;
+    for (k, v) in rows {
+        let _ = writeln!(s, "  {k:<width$}{v}");
+    }
+}
+
 /// A human-readable summary table.
 pub fn render_table(r: &PastryReport) -> String {
     let mut s = String::new();
@@ -967,10 +981,10 @@ pub fn render_table(r: &PastryReport) -> String {
             "messages total",
             format!("{} ({} bytes)", r.msgs_total, r.bytes_total),
         ),
-        ("probes: joining / table / new leaf / liveness", {
+        ("probes by cause", {
             let p = &r.probes_by_cause;
             format!(
-                "{} / {} / {} / {}",
+                "joining {}, table {}, new leaf {}, liveness {}",
                 p.joining, p.table, p.new_leaf, p.liveness
             )
         }),
@@ -992,9 +1006,7 @@ pub fn render_table(r: &PastryReport) -> String {
         ("wall", format!("{:.2} s", r.wall_s)),
         ("peak RSS", format!("{:.1} MiB", r.peak_rss_mb)),
     ];
-    for (k, v) in rows {
-        let _ = writeln!(s, "  {k:<24}{v}");
-    }
+    write_rows(&mut s, &rows);
     let main = PhaseReport {
         lookups: r.lookups,
         live_nodes: r.joined,
@@ -1089,6 +1101,17 @@ fn msgs_by_type(counts: &[u64; 256]) -> std::collections::BTreeMap<String, u64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_keep_a_gap_after_the_longest_label() {
+        let mut s = String::new();
+        let long = "a label longer than the old fixed column of 24";
+        write_rows(&mut s, &[("short", "1".into()), (long, "636403".into())]);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[1], format!("  {long}  636403"));
+        // Values start in one column.
+        assert_eq!(lines[0].find('1'), lines[1].find('6'));
+    }
 
     fn brute(ids: &[u128], key: u128) -> u128 {
         let k = NodeId(key);

@@ -863,9 +863,7 @@ pub fn render_table(r: &ScribeReport) -> String {
         ("wall", format!("{:.2} s", r.wall_s)),
         ("peak RSS", format!("{:.1} MiB", r.peak_rss_mb)),
     ];
-    for (k, v) in rows {
-        let _ = writeln!(s, "  {k:<24}{v}");
-    }
+    crate::pastry::write_rows(&mut s, &rows);
     s
 }
 
