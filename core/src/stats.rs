@@ -44,6 +44,9 @@ pub struct Stats {
     /// ... and liveness checks: stale leaves, the routing-table walk, hops
     /// that did not acknowledge.
     pub probes_liveness: u64,
+    /// Announcements not sent on joining: the node had told us (in its
+    /// pong, `PONG_ANNOUNCE_BELOW`) that we could not enter its tables.
+    pub announces_skipped: u64,
     // ----- DHT of the management ring (`crate::dht`) -----
     /// DHT requests that reached us as the responsible node.
     pub dht_requests_served: u64,
@@ -86,7 +89,7 @@ pub struct Stats {
 impl Stats {
     /// Every counter with its name, in declaration order: what `almd status`
     /// prints, so a new counter shows up there without further code.
-    pub fn counters(&self) -> [(&'static str, u64); 35] {
+    pub fn counters(&self) -> [(&'static str, u64); 36] {
         [
             ("msgs_sent", self.msgs_sent),
             ("bytes_sent", self.bytes_sent),
@@ -107,6 +110,7 @@ impl Stats {
             ("probes_table", self.probes_table),
             ("probes_new_leaf", self.probes_new_leaf),
             ("probes_liveness", self.probes_liveness),
+            ("announces_skipped", self.announces_skipped),
             ("dht_requests_served", self.dht_requests_served),
             ("dht_replicas_stored", self.dht_replicas_stored),
             ("dht_handoffs_sent", self.dht_handoffs_sent),

@@ -24,7 +24,9 @@
 //! every hop sends it the routing-table rows it can use, the contact its
 //! neighbourhood set, the final node its leaf set. The joiner measures RTTs to
 //! the candidates (proximity neighbour selection, §2.5), keeps the nearest,
-//! and announces itself to everyone it now knows.
+//! and announces itself to everyone it now knows, except the non-leaves
+//! whose pong said it could not enter their tables at the RTT it measured
+//! (`PONG_ANNOUNCE_BELOW`).
 //!
 //! Maintenance: leaves not heard from for a keep-alive interval are probed;
 //! a dead leaf triggers leaf-set repair by asking the farthest live leaf on
@@ -52,8 +54,8 @@ use crate::time::{Duration, Time};
 use crate::util::{Map, new_map};
 
 use crate::wire::pastry::{
-    NEIGHBORHOOD_ROW, PING_ACTIVE, PONG_WANT_RTT, RTT_UNKNOWN, Repr, Route, Service, State,
-    state_flags as sf,
+    NEIGHBORHOOD_ROW, PING_ACTIVE, PONG_ANNOUNCE_BELOW, PONG_WANT_RTT, RTT_UNKNOWN, Repr, Route,
+    Service, State, state_flags as sf,
 };
 
 use leafset::{LeafSet, Side};
@@ -149,6 +151,10 @@ enum Phase {
         bootstrap: Vec<PeerAddr>,
         attempt: u8,
         have_leaf_set: bool,
+        /// Active nodes whose pong said we cannot enter their tables at
+        /// the RTT we measured (`PONG_ANNOUNCE_BELOW`): not announced to,
+        /// unless they are leaves.
+        quiet: Vec<NodeId>,
     },
     Active,
 }
@@ -569,6 +575,7 @@ impl Pastry {
             bootstrap: bootstrap.to_vec(),
             attempt: 0,
             have_leaf_set: false,
+            quiet: Vec::new(),
         };
         self.send_join(now, 0);
     }
@@ -624,10 +631,16 @@ impl Pastry {
     }
 
     fn activate(&mut self, now: Time) {
-        self.phase = Phase::Active;
+        let mut quiet = match std::mem::replace(&mut self.phase, Phase::Active) {
+            Phase::Joining { quiet, .. } => quiet,
+            _ => Vec::new(),
+        };
+        quiet.sort_unstable();
+        let is_quiet = |id: NodeId| quiet.binary_search(&id).is_ok();
         self.estimate_pns_rows();
         // Announce to everyone we know, with the RTT we measured to them so
-        // they need not measure us back.
+        // they need not measure us back; not to a non-leaf that told us we
+        // cannot enter its tables (`quiet`).
         // Each node once, where it first appears: leaves, then table
         // entries, then neighbours. Within a group ids are distinct, so a
         // repeat is a table entry that is also a leaf, or a neighbour that
@@ -650,6 +663,10 @@ impl Pastry {
                 .map(|h| (*h, self.known_rtt(h.id))),
         );
         for (h, rtt) in known {
+            if !quiet.is_empty() && is_quiet(h.id) && !self.leaves.contains(h.id) {
+                self.stats.announces_skipped += 1;
+                continue;
+            }
             let rtt = if rtt == RTT_UNKNOWN {
                 self.known_rtt(h.id)
             } else {
@@ -761,6 +778,18 @@ impl Pastry {
             }
         }
         measured >= 4
+    }
+
+    /// The RTT below which `id`, a node not yet in our tables, would change
+    /// them if it offered itself: any (`RTT_UNKNOWN`) if our leaf set would
+    /// take it, else what it must beat for its routing-table slot or for
+    /// the neighbourhood set, whichever is more. `slot` is the table's
+    /// `lookup` of `id`, made since the table last changed.
+    fn admits_below(&self, id: NodeId, slot: &Lookup) -> u32 {
+        if self.leaves.would_accept(id) {
+            return RTT_UNKNOWN;
+        }
+        self.table.to_beat_at(slot).max(self.nbrs.admits_below())
     }
 
     fn cache_rtt(&mut self, id: NodeId, rtt: u32) {
@@ -1599,6 +1628,12 @@ impl Pastry {
                         pong_flags = PONG_WANT_RTT;
                         report_below = below;
                     }
+                } else if flags & PING_ACTIVE == 0 && self.is_active() {
+                    // A joiner measuring us: tell it what it must beat to
+                    // enter our tables, so that it announces itself only
+                    // where that can change something.
+                    pong_flags = PONG_ANNOUNCE_BELOW;
+                    report_below = self.admits_below(from.id, &slot);
                 }
                 let pong = Repr::Pong {
                     token,
@@ -1629,6 +1664,12 @@ impl Pastry {
                     .saturating_sub(token)
                     .clamp(1, u64::from(RTT_UNKNOWN - 1));
                 self.offer_heard(now, from, rtt as u32, slot);
+                if flags & PONG_ANNOUNCE_BELOW != 0
+                    && (rtt as u32) >= report_below
+                    && let Phase::Joining { quiet, .. } = &mut self.phase
+                {
+                    quiet.push(from.id);
+                }
                 // (`rtt` is below `RTT_UNKNOWN`: an unbounded ask is met.)
                 if flags & PONG_WANT_RTT != 0 && (rtt as u32) < report_below {
                     let report = Repr::RttReport { rtt: rtt as u32 };
@@ -1865,6 +1906,108 @@ mod tests {
         assert_eq!((e.handle, e.rtt), (b.me(), 1_500));
         let e = b.routing_table().get(0, 5).expect("b's slot");
         assert_eq!(e.handle, holder, "the holder stays");
+    }
+
+    /// b: active, its leaf set full of ids next to its own (so a node
+    /// under another top digit is no leaf of it), slot (0, 5) held at 1 ms
+    /// and the neighbourhood set full at 100 µs.
+    fn ponger_with_full_sets(rng: &mut Rng, t0: Time) -> Pastry {
+        let mut b = Pastry::new(Config::default(), handle(0, 1, 1), rng);
+        b.join(t0, &[]);
+        ping_from(&mut b, t0, handle(5, 10, 2), 1_000);
+        fill_neighbourhood(&mut b, t0);
+        for k in 0..8u8 {
+            let low = (1u128 << 124) - 1 - u128::from(k);
+            ping_from(&mut b, t0, handle(0, 100 + u128::from(k), 150 + k), 5_000);
+            ping_from(&mut b, t0, handle(15, low, 170 + k), 5_000);
+        }
+        assert_eq!(b.leaf_set().len(), 16);
+        decoded(&mut b);
+        b
+    }
+
+    #[test]
+    fn a_joiner_does_not_announce_itself_where_its_pong_said_it_cannot_matter() {
+        let mut rng = Rng::new(13);
+        let t0 = Time::from_micros(1_000_000);
+        let mut b = ponger_with_full_sets(&mut rng, t0);
+        let j = handle(5, 20, 3);
+        let mut joiner = Pastry::new(Config::default(), j, &mut rng);
+        joiner.join(t0, &[b.me().addr]);
+        decoded(&mut joiner);
+        joiner.ping(t0, b.me(), ProbeCause::Table);
+        let [(_, ping)] = decoded(&mut joiner).try_into().expect("one ping");
+        b.handle(t0, j, ping);
+        let [(to, pong)] = decoded(&mut b).try_into().expect("one pong");
+        assert_eq!(to, j.addr);
+        // j would go to slot (0, 5), whose holder is 1 ms away (the
+        // neighbourhood set takes only nodes under 100 µs).
+        assert!(
+            matches!(
+                pong,
+                Repr::Pong {
+                    flags: PONG_ANNOUNCE_BELOW,
+                    report_below: 1_000,
+                    ..
+                }
+            ),
+            "{pong:?}"
+        );
+        // j measures 1.5 ms: b keeps its holder whatever j says.
+        let t1 = t0 + Duration::from_micros(1_500);
+        joiner.handle(t1, b.me(), pong);
+        assert_eq!(joiner.routing_table().get(0, 0).map(|e| e.rtt), Some(1_500));
+        // The last hop's leaf set: sixteen ids next to j's own, so b is no
+        // leaf of j. Too deep in the table to be measured: j activates.
+        let leaves: Vec<NodeHandle> = (0..8u8)
+            .flat_map(|k| {
+                let k128 = u128::from(k);
+                [handle(5, 21 + k128, 40 + k), handle(5, 19 - k128, 60 + k)]
+            })
+            .collect();
+        let state = State {
+            flags: sf::JOIN_FINAL,
+            rtt_hint: RTT_UNKNOWN,
+            leaves: leaves.clone(),
+            ..State::default()
+        };
+        joiner.handle(t1, leaves[0], Repr::State(state));
+        assert!(joiner.is_active());
+        let announced: Vec<PeerAddr> = decoded(&mut joiner)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Repr::Announce { .. }))
+            .map(|(to, _)| to)
+            .collect();
+        assert_eq!(announced.len(), 16, "every leaf, and not b: {announced:?}");
+        assert!(!announced.contains(&b.me().addr));
+        assert_eq!(joiner.stats.announces_skipped, 1);
+    }
+
+    #[test]
+    fn a_joiner_the_leaf_set_would_take_may_announce_itself_at_any_rtt() {
+        let mut rng = Rng::new(14);
+        let t0 = Time::from_micros(1_000_000);
+        let mut b = ponger_with_full_sets(&mut rng, t0);
+        // Between b and its nearest clockwise leaf.
+        let j = handle(0, 50, 3);
+        let ping = Repr::Ping {
+            token: 7,
+            flags: 0,
+            rtt_hint: RTT_UNKNOWN,
+        };
+        b.handle(t0, j, ping);
+        let [(_, pong)] = decoded(&mut b).try_into().expect("one pong");
+        assert!(
+            matches!(
+                pong,
+                Repr::Pong {
+                    flags: PONG_ANNOUNCE_BELOW,
+                    report_below: RTT_UNKNOWN,
+                    ..
+                }
+            ),
+            "{pong:?}"
+        );
     }
 
     #[test]

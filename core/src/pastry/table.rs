@@ -210,6 +210,20 @@ impl RoutingTable {
         self.index_at(at).map(|i| &self.entries[i])
     }
 
+    /// The RTT below which the node looked up would take its slot:
+    /// `RTT_UNKNOWN` (any RTT) when the slot is empty or its holder
+    /// unmeasured, 0 (never) for our own id. With a `lookup` made since the
+    /// table last changed.
+    #[inline]
+    pub fn to_beat_at(&self, at: &Lookup) -> u32 {
+        debug_assert_eq!(at.found, self.lookup(at.id).found, "stale lookup");
+        match at.found {
+            None => 0,
+            Some((_, Err(_))) => RTT_UNKNOWN,
+            Some((_, Ok(i))) => self.entries[i].rtt,
+        }
+    }
+
     /// `heard`, for the node looked up (with a `lookup` made since the
     /// table last changed; marking it heard does not change the table).
     #[inline]

@@ -41,7 +41,11 @@
 //! did not know the RTT is a candidate for the ponger's tables too; one
 //! report replaces a whole ping/pong in the other direction). Report
 //! below (4): with bit 0, report only an RTT below this many µs (what the
-//! pinger must beat to enter the ponger's tables; `u32::MAX`: any).
+//! pinger must beat to enter the ponger's tables; `u32::MAX`: any). Bit 1
+//! answers a pinger that is still joining: the ponger is active and the
+//! joiner can enter its tables only below the report bound, so a joiner
+//! that measures no less does not announce itself there. (A node that
+//! does not know bit 1 ignores it and announces to everyone, as before.)
 //!
 //! **LeafSetRequest** (0x07) — empty body. **RowRequest** (0x08) — row (1).
 //!
@@ -118,6 +122,12 @@ pub const PING_ACTIVE: u8 = 1;
 
 /// Pong flag: report the RTT you measure with this pong (`RttReport`).
 pub const PONG_WANT_RTT: u8 = 1;
+
+/// Pong flag, to a pinger that is still joining: the ponger is active, and
+/// the pinger can enter its tables only at an RTT below `report_below`
+/// (`RTT_UNKNOWN`: any). A joiner that measures no less does not announce
+/// itself to the ponger: the announcement would change nothing there.
+pub const PONG_ANNOUNCE_BELOW: u8 = 2;
 
 /// RTT value meaning "not measured".
 pub const RTT_UNKNOWN: u32 = u32::MAX;
@@ -200,7 +210,8 @@ pub enum Repr {
     Pong {
         token: u64,
         flags: u8,
-        /// With `PONG_WANT_RTT`: report only an RTT below this
+        /// With `PONG_WANT_RTT`: report only an RTT below this; with
+        /// `PONG_ANNOUNCE_BELOW`: announce yourself only below this
         /// (`RTT_UNKNOWN`: any).
         report_below: u32,
     },
