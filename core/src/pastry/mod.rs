@@ -636,11 +636,10 @@ impl Pastry {
             _ => Vec::new(),
         };
         quiet.sort_unstable();
-        let is_quiet = |id: NodeId| quiet.binary_search(&id).is_ok();
         self.estimate_pns_rows();
         // Announce to everyone we know, with the RTT we measured to them so
         // they need not measure us back; not to a non-leaf that told us we
-        // cannot enter its tables (`quiet`).
+        // cannot enter its tables (`quiet`; the leaves come first).
         // Each node once, where it first appears: leaves, then table
         // entries, then neighbours. Within a group ids are distinct, so a
         // repeat is a table entry that is also a leaf, or a neighbour that
@@ -662,8 +661,9 @@ impl Pastry {
                 .filter(|h| !self.leaves.contains(h.id) && !self.table.contains(h.id))
                 .map(|h| (*h, self.known_rtt(h.id))),
         );
-        for (h, rtt) in known {
-            if !quiet.is_empty() && is_quiet(h.id) && !self.leaves.contains(h.id) {
+        let leaves = self.leaves.len();
+        for (i, (h, rtt)) in known.into_iter().enumerate() {
+            if i >= leaves && quiet.binary_search(&h.id).is_ok() {
                 self.stats.announces_skipped += 1;
                 continue;
             }
@@ -1662,17 +1662,17 @@ impl Pastry {
                 let rtt = now
                     .as_micros()
                     .saturating_sub(token)
-                    .clamp(1, u64::from(RTT_UNKNOWN - 1));
-                self.offer_heard(now, from, rtt as u32, slot);
+                    .clamp(1, u64::from(RTT_UNKNOWN - 1)) as u32;
+                self.offer_heard(now, from, rtt, slot);
                 if flags & PONG_ANNOUNCE_BELOW != 0
-                    && (rtt as u32) >= report_below
+                    && rtt >= report_below
                     && let Phase::Joining { quiet, .. } = &mut self.phase
                 {
                     quiet.push(from.id);
                 }
                 // (`rtt` is below `RTT_UNKNOWN`: an unbounded ask is met.)
-                if flags & PONG_WANT_RTT != 0 && (rtt as u32) < report_below {
-                    let report = Repr::RttReport { rtt: rtt as u32 };
+                if flags & PONG_WANT_RTT != 0 && rtt < report_below {
+                    let report = Repr::RttReport { rtt };
                     self.send(from.addr, &report);
                 }
                 self.maybe_finish_join(now, false);
@@ -1876,17 +1876,8 @@ mod tests {
     #[test]
     fn a_wanted_reverse_probe_rides_on_the_pong() {
         let (mut a, mut b, _, t0, pong) = reverse_probe();
-        assert!(
-            matches!(
-                pong,
-                Repr::Pong {
-                    flags: PONG_WANT_RTT,
-                    report_below: 1_000,
-                    ..
-                }
-            ),
-            "only an RTT below the holder's matters: {pong:?}"
-        );
+        // Only an RTT below the holder's matters.
+        assert_eq!(pong_bound(&pong), (PONG_WANT_RTT, 1_000));
         a.handle(t0 + Duration::from_micros(400), b.me(), pong);
         let [(_, report)] = decoded(&mut a).try_into().expect("one report");
         assert_eq!(report, Repr::RttReport { rtt: 400 });
@@ -1906,6 +1897,18 @@ mod tests {
         assert_eq!((e.handle, e.rtt), (b.me(), 1_500));
         let e = b.routing_table().get(0, 5).expect("b's slot");
         assert_eq!(e.handle, holder, "the holder stays");
+    }
+
+    /// The flags and report bound of a pong.
+    fn pong_bound(pong: &Repr) -> (u8, u32) {
+        match pong {
+            Repr::Pong {
+                flags,
+                report_below,
+                ..
+            } => (*flags, *report_below),
+            other => panic!("not a pong: {other:?}"),
+        }
     }
 
     /// b: active, its leaf set full of ids next to its own (so a node
@@ -1942,17 +1945,7 @@ mod tests {
         assert_eq!(to, j.addr);
         // j would go to slot (0, 5), whose holder is 1 ms away (the
         // neighbourhood set takes only nodes under 100 µs).
-        assert!(
-            matches!(
-                pong,
-                Repr::Pong {
-                    flags: PONG_ANNOUNCE_BELOW,
-                    report_below: 1_000,
-                    ..
-                }
-            ),
-            "{pong:?}"
-        );
+        assert_eq!(pong_bound(&pong), (PONG_ANNOUNCE_BELOW, 1_000));
         // j measures 1.5 ms: b keeps its holder whatever j says.
         let t1 = t0 + Duration::from_micros(1_500);
         joiner.handle(t1, b.me(), pong);
@@ -1988,8 +1981,9 @@ mod tests {
         let mut rng = Rng::new(14);
         let t0 = Time::from_micros(1_000_000);
         let mut b = ponger_with_full_sets(&mut rng, t0);
-        // Between b and its nearest clockwise leaf.
-        let j = handle(0, 50, 3);
+        // Between b and its nearest clockwise leaf, in the slot of that
+        // leaf (measured at 5 ms): only the leaf set makes any RTT do.
+        let j = handle(0, 96, 3);
         let ping = Repr::Ping {
             token: 7,
             flags: 0,
@@ -1997,17 +1991,7 @@ mod tests {
         };
         b.handle(t0, j, ping);
         let [(_, pong)] = decoded(&mut b).try_into().expect("one pong");
-        assert!(
-            matches!(
-                pong,
-                Repr::Pong {
-                    flags: PONG_ANNOUNCE_BELOW,
-                    report_below: RTT_UNKNOWN,
-                    ..
-                }
-            ),
-            "{pong:?}"
-        );
+        assert_eq!(pong_bound(&pong), (PONG_ANNOUNCE_BELOW, RTT_UNKNOWN));
     }
 
     #[test]
