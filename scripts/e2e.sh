@@ -270,10 +270,25 @@ wait_member() {
     die "h$1 did not join the tree of $2 in 10 s"
 }
 
-# iperf_final LOG -> JSON {lost,total,jitter_ms,mbps} from the final report line.
+# iperf_summary LOG -> the receiver's whole-stream report line, if written:
+# its interval starts at 0 and ends past 1.5 s, so the first one-second
+# interval report ("0.0000-1.0000 sec") is not taken for it.
+iperf_summary() {
+    grep -E '[0-9]+/ *[0-9]+ +\(' "$1" |
+        awk '{ for (i = 1; i < NF; i++) if ($(i + 1) == "sec") { split($i, t, "-");
+               if (t[1] + 0 == 0 && t[2] + 0 > 1.5) print; break } }' | tail -n 1
+}
+
+# iperf_final LOG -> JSON {lost,total,jitter_ms,mbps} from the final report
+# line. The server writes it once it has seen the client's end-of-stream
+# datagrams, which can be a moment after the client exits: wait up to 5 s.
 iperf_final() {
-    local line
-    line="$(grep -E '[0-9]+/ *[0-9]+ +\(' "$1" | grep -E ' 0\.0+-' | tail -n 1)"
+    local line t
+    for t in $(seq 1 50); do
+        line="$(iperf_summary "$1")"
+        [ -n "$line" ] && break
+        sleep 0.1
+    done
     if [ -z "$line" ]; then
         echo 'null'
         return
