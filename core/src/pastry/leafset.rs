@@ -272,12 +272,14 @@ impl LeafSet {
     }
 
     /// Numerically closest to `key` among the members and the local node,
-    /// skipping `avoid`. `None` means the local node itself.
+    /// skipping `avoid` and members never heard from (learned second-hand
+    /// and not yet answering the probe that verifies them: a node that does
+    /// not exist must not take keys). `None` means the local node itself.
     pub fn closest(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
         let mut best: Option<NodeHandle> = None;
         let mut best_id = self.me;
         for l in self.cw.iter().chain(&self.ccw) {
-            if avoid.contains(&l.handle.id) {
+            if l.last_heard == Time::ZERO || avoid.contains(&l.handle.id) {
                 continue;
             }
             if key.closer(l.handle.id, best_id) {
@@ -350,6 +352,9 @@ impl LeafSet {
 
 #[cfg(test)]
 mod tests {
+    /// Heard from (the routing tests want verified members).
+    const HEARD: Time = Time::from_millis(1);
+
     use super::*;
     use crate::addr::PeerAddr;
 
@@ -365,8 +370,8 @@ mod tests {
             let me = 3 * step;
             let mut ls = LeafSet::new(NodeId(me), 16);
             for k in 1..=20u128 {
-                ls.insert(h(me.wrapping_add(k * step)), Time::ZERO);
-                ls.insert(h(me.wrapping_sub(k * step)), Time::ZERO);
+                ls.insert(h(me.wrapping_add(k * step)), HEARD);
+                ls.insert(h(me.wrapping_sub(k * step)), HEARD);
             }
             let est = ls.estimated_size();
             assert!(est.abs_diff(n) * 100 <= n, "n {n}: estimated {est}");
@@ -374,7 +379,7 @@ mod tests {
         // A ring smaller than the leaf set is known exactly.
         let mut ls = LeafSet::new(NodeId(7), 16);
         for id in [1, 2, 3, 4] {
-            ls.insert(h(id << 100), Time::ZERO);
+            ls.insert(h(id << 100), HEARD);
         }
         assert_eq!(ls.estimated_size(), 5);
         assert_eq!(LeafSet::new(NodeId(7), 16).estimated_size(), 1);
@@ -384,7 +389,7 @@ mod tests {
     fn keeps_nearest_per_side_and_wraps() {
         let mut ls = LeafSet::new(NodeId(100), 4);
         for id in [101, 102, 103, 99, 98, 97, u128::MAX] {
-            ls.insert(h(id), Time::ZERO);
+            ls.insert(h(id), HEARD);
         }
         let ids: Vec<u128> = ls.handles().iter().map(|h| h.id.0).collect();
         assert_eq!(ids, vec![101, 102, 99, 98]);
@@ -395,7 +400,7 @@ mod tests {
         // Wrap-around: me near zero sees u128::MAX as a ccw neighbour.
         let mut ls = LeafSet::new(NodeId(1), 4);
         for id in [u128::MAX, u128::MAX - 1, 2, 3, 1000] {
-            ls.insert(h(id), Time::ZERO);
+            ls.insert(h(id), HEARD);
         }
         assert!(ls.covers(NodeId(0)));
         assert!(ls.covers(NodeId(u128::MAX - 1)));
@@ -407,8 +412,8 @@ mod tests {
         let mut ls = LeafSet::new(NodeId(5), 16);
         assert!(ls.covers(NodeId(1 << 100)));
         assert_eq!(ls.closest(NodeId(1 << 100), &[]), None);
-        ls.insert(h(1 << 100), Time::ZERO);
-        ls.insert(h(1 << 120), Time::ZERO);
+        ls.insert(h(1 << 100), HEARD);
+        ls.insert(h(1 << 120), HEARD);
         // Both nodes sit on both sides; every key is covered.
         assert_eq!(ls.len(), 2);
         assert!(ls.is_complete_ring());
@@ -432,7 +437,7 @@ mod tests {
         let ids: Vec<u128> = (1..=9).map(|i| i * (u128::MAX / 10)).collect();
         let mut ls = LeafSet::new(NodeId(0), 16);
         for id in &ids {
-            ls.insert(h(*id), Time::ZERO);
+            ls.insert(h(*id), HEARD);
         }
         assert_eq!(ls.side_len(Side::Cw), 8);
         assert_eq!(ls.side_len(Side::Ccw), 8);
@@ -460,8 +465,8 @@ mod tests {
     #[test]
     fn ties_go_to_the_smaller_id() {
         let mut ls = LeafSet::new(NodeId(100), 4);
-        ls.insert(h(90), Time::ZERO);
-        ls.insert(h(110), Time::ZERO);
+        ls.insert(h(90), HEARD);
+        ls.insert(h(110), HEARD);
         // Key 95 is 5 away from both us (100) and 90: the smaller id wins.
         assert_eq!(ls.closest(NodeId(95), &[]).map(|h| h.id), Some(NodeId(90)));
         // Key 105 ties us (100) with 110: we win.
@@ -471,12 +476,27 @@ mod tests {
     #[test]
     fn remove_and_would_accept() {
         let mut ls = LeafSet::new(NodeId(100), 2);
-        ls.insert(h(101), Time::ZERO);
-        ls.insert(h(99), Time::ZERO);
+        ls.insert(h(101), HEARD);
+        ls.insert(h(99), HEARD);
         assert!(!ls.would_accept(NodeId(103)));
         assert!(!ls.would_accept(NodeId(100)), "never ourselves");
         assert_eq!(ls.remove(NodeId(101)), (true, false));
         assert!(ls.would_accept(NodeId(103)));
         assert!(!ls.contains(NodeId(101)));
+    }
+
+    #[test]
+    fn members_never_heard_from_take_no_keys() {
+        let mut ls = LeafSet::new(NodeId(100), 8);
+        ls.insert(h(90), HEARD);
+        // Second-hand, not yet verified.
+        ls.insert(h(104), Time::ZERO);
+        assert_eq!(ls.closest(NodeId(105), &[]), None);
+        assert_eq!(ls.closest(NodeId(93), &[]).map(|h| h.id), Some(NodeId(90)));
+        ls.heard(NodeId(104), Time::from_millis(2));
+        assert_eq!(
+            ls.closest(NodeId(105), &[]).map(|h| h.id),
+            Some(NodeId(104))
+        );
     }
 }
