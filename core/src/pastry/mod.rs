@@ -208,6 +208,10 @@ enum ProbeCause {
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
 const MAX_HOPS: u8 = 40;
 
+/// At most this many peers are suspected at once (see `Pastry::suspects`);
+/// beyond it a silent hop is still avoided by the message that found it.
+const MAX_SUSPECTS: usize = 16;
+
 /// Queue capacity (entries) `release_idle` leaves allocated.
 const KEEP_QUEUE: usize = 4;
 
@@ -287,6 +291,12 @@ pub struct Pastry {
     phase: Phase,
     acks: Map<u64, PendingHop>,
     probes: Map<NodeId, Probe>,
+    /// Peers that let a routed message's ack time out and have not been
+    /// heard from since: routing avoids them until their liveness probe
+    /// ends (a message from them clears them, its failure declares them
+    /// dead). Without this every message toward a silent next hop waited
+    /// out its own ack timeout. Bounded by `MAX_SUSPECTS`.
+    suspects: Vec<NodeId>,
     dead: Map<NodeId, Time>,
     rtt_cache: RttCache,
     timers: BinaryHeap<Reverse<TimerEntry>>,
@@ -332,6 +342,7 @@ impl Pastry {
             phase: Phase::Idle,
             acks: new_map(rng.next_u64()),
             probes: new_map(rng.next_u64()),
+            suspects: Vec::new(),
             dead: new_map(rng.next_u64()),
             rtt_cache: RttCache::default(),
             timers: BinaryHeap::new(),
@@ -584,7 +595,23 @@ impl Pastry {
         let Phase::Joining { bootstrap, .. } = &self.phase else {
             return;
         };
-        let contact = bootstrap[usize::from(attempt) % bootstrap.len()];
+        let mut contact = bootstrap[usize::from(attempt) % bootstrap.len()];
+        if attempt > 0 {
+            // The last attempt got no leaf set: the bootstrap node may have
+            // died, or the join's path through it. Retry through a node that
+            // attempt taught us (and whose probe has not failed yet) when
+            // there is one; the bootstrap list otherwise.
+            let learned: SmallVec<[PeerAddr; 16]> = self
+                .leaves
+                .members()
+                .map(|l| l.handle.addr)
+                .chain(self.table.entries().map(|e| e.handle.addr))
+                .take(16)
+                .collect();
+            if !learned.is_empty() {
+                contact = learned[self.rng.index(learned.len())];
+            }
+        }
         let route = Route {
             hop_id: self.rng.next_u64(),
             key: self.me.id,
@@ -915,6 +942,9 @@ impl Pastry {
     /// table's lookup of it, for the offer of `from` that most messages
     /// make next (`offer_heard`).
     fn heard(&mut self, now: Time, from: NodeHandle) -> Lookup {
+        if !self.suspects.is_empty() {
+            self.suspects.retain(|s| *s != from.id);
+        }
         self.leaves.heard(from.id, now);
         let slot = self.table.lookup(from.id);
         self.table.heard_at(&slot, now);
@@ -942,6 +972,9 @@ impl Pastry {
         let slot = self.table.remove(id);
         let in_nbrs = self.nbrs.remove(id);
         self.probes.remove(&id);
+        self.suspects.retain(|s| *s != id);
+        // Messages still waiting for its ack go elsewhere now.
+        self.reroute_waiting_on(now, id);
         self.rtt_cache.remove(id);
         self.dead.insert(id, now);
         let Some(handle) = handle else {
@@ -1365,12 +1398,27 @@ impl Pastry {
         if p.deadline != at {
             return;
         }
-        let Some(mut p) = self.acks.remove(&hop) else {
+        let Some(p) = self.acks.remove(&hop) else {
             return;
         };
-        self.stats.reroutes += 1;
-        // Suspect the silent hop: probe it, and route around it meanwhile.
+        // Suspect the silent hop: probe it, and route around it meanwhile,
+        // with this message and every other one waiting on it.
+        let silent = p.next.id;
         self.ping(now, p.next, ProbeCause::Liveness);
+        if self.probes.contains_key(&silent)
+            && !self.suspects.contains(&silent)
+            && self.suspects.len() < MAX_SUSPECTS
+        {
+            self.suspects.push(silent);
+        }
+        self.reroute(now, p);
+        self.reroute_waiting_on(now, silent);
+    }
+
+    /// Send a message whose next hop did not ack (or died) on along
+    /// another path, or drop it once it has been rerouted too often.
+    fn reroute(&mut self, now: Time, mut p: PendingHop) {
+        self.stats.reroutes += 1;
         if p.reroutes >= self.cfg.max_reroutes {
             self.stats.route_drops += 1;
             tracing::debug!(node = ?self.me.id, key = ?p.route.key, "routed message dropped after reroutes");
@@ -1380,10 +1428,40 @@ impl Pastry {
         self.route_on(now, p.route, p.avoid, p.reroutes + 1, true);
     }
 
+    /// Reroute now every message waiting for an ack from `id`, oldest
+    /// first, instead of letting each wait out its own timeout.
+    fn reroute_waiting_on(&mut self, now: Time, id: NodeId) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let mut waiting: Vec<(Time, u64)> = self
+            .acks
+            .iter()
+            .filter(|(_, p)| p.next.id == id)
+            .map(|(hop, p)| (p.deadline, *hop))
+            .collect();
+        // Map order depends on the hasher's seed; the sending order must not.
+        waiting.sort_unstable();
+        for (_, hop) in waiting {
+            if let Some(p) = self.acks.remove(&hop) {
+                self.reroute(now, p);
+            }
+        }
+    }
+
     // ----- routing ------------------------------------------------------
 
     /// The next hop toward `key`, `None` if this node is responsible.
     pub fn next_hop(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
+        if !self.suspects.is_empty() {
+            let mut all: SmallVec<[NodeId; 8]> = SmallVec::from_slice(avoid);
+            all.extend(self.suspects.iter().filter(|s| !avoid.contains(s)).copied());
+            return self.next_hop_avoiding(key, &all);
+        }
+        self.next_hop_avoiding(key, avoid)
+    }
+
+    fn next_hop_avoiding(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
         if self.leaves.covers(key) {
             return self.leaves.closest(key, avoid);
         }
@@ -1496,10 +1574,14 @@ impl Pastry {
         let hop_id = self.rng.next_u64();
         route.hop_id = hop_id;
         let rtt = self.known_rtt(next.id);
+        // Never longer than for an unknown RTT: the RTT may be a peer's
+        // unverified hint (any u32 from a forged message).
         let timeout = if rtt == RTT_UNKNOWN {
             self.cfg.ack_timeout
         } else {
-            Duration::from_micros(u64::from(rtt) * 3).max(self.cfg.ack_timeout_min)
+            Duration::from_micros(u64::from(rtt) * 3)
+                .max(self.cfg.ack_timeout_min)
+                .min(self.cfg.ack_timeout)
         };
         let deadline = now + timeout;
         self.send(next.addr, &Repr::Route(route.clone()));
