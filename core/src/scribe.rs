@@ -433,11 +433,17 @@ impl Scribe {
         };
         let cap = self.cfg.dup_sources;
         if let Some(st) = self.topics.get_mut(&topic)
-            && st.role() != Role::Joining
+            && (st.role() != Role::Joining || !st.children.is_empty())
         {
+            let joining = st.role() == Role::Joining;
             st.fresh(hdr.source, hdr.seq, now, cap);
             self.fan_out(now, p, topic, hdr, None, &payload);
-            return;
+            if !joining {
+                return;
+            }
+            // Joining with a subtree (a root that learned of a closer node,
+            // a forwarder whose parent left): the subtree has it now, the
+            // rest of the tree gets it through the root, as from off-tree.
         }
         // Off the tree: straight to a known tree node, or routed to the root.
         let refresh = self.cfg.publisher_refresh;
@@ -461,8 +467,22 @@ impl Scribe {
                 };
                 p.send_raw(t);
             }
-            _ => {
+            contact => {
                 pubs.refresh_at = now + refresh;
+                if let Some(addr) = contact {
+                    // The contact most likely still works: send there too,
+                    // so that this packet is not late (and, behind more than
+                    // the duplicate window, dropped) if the route is slow.
+                    // The first tree node the routed copy reaches drops it
+                    // as a duplicate after telling us where to send.
+                    let header = hdr.to_inline(p.me().id);
+                    p.send_raw(Transmit {
+                        to: addr,
+                        channel: Channel::Datagram,
+                        header,
+                        body: payload.clone(),
+                    });
+                }
                 let mut body = BytesMut::with_capacity(DATA_FIXED_LEN + payload.len());
                 hdr.emit_body(&mut body);
                 body.extend_from_slice(&payload);
@@ -697,6 +717,15 @@ impl Scribe {
     ) {
         let me = p.me();
         if child.id == me.id {
+            // Our own JOIN came back to us: the node it was heading for is
+            // silent and routing went around it. We are the root after all.
+            if route.is_none()
+                && let Some(st) = self.topics.get_mut(&topic)
+                && st.parent.is_none()
+            {
+                st.joining_since = None;
+                st.depth = 0;
+            }
             return;
         }
         let on_tree = self.topics.contains_key(&topic);

@@ -120,7 +120,7 @@ fn mgmt_report_with_churn_is_deterministic() {
     assert_eq!(a.deterministic_json(), b.deterministic_json());
     assert_eq!(a.crashes, 20);
     assert_eq!(a.arrivals, 20);
-    assert_eq!(a.live_nodes_end, 60);
+    assert_eq!(a.live_nodes_end, 60, "{}", a.deterministic_json());
 }
 
 #[test]
