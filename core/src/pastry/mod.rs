@@ -1919,6 +1919,16 @@ mod tests {
         p.handle(now, h, ping);
     }
 
+    /// Fill the leaf set of `p` (id 0x0…1) with eight nodes on each side,
+    /// all pinging at 5 ms: ids just above ours and just below the wrap.
+    fn fill_leaf_set_at_5ms(p: &mut Pastry, now: Time) {
+        for i in 0..8u8 {
+            ping_from(p, now, handle(0, 100 + u128::from(i), 10 + i), 5_000);
+            let ccw = handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i);
+            ping_from(p, now, ccw, 5_000);
+        }
+    }
+
     /// Fill `p`'s neighbourhood set with nodes 100 µs away (ids under
     /// top digits 7 and 8, away from the slots the tests use).
     fn fill_neighbourhood(p: &mut Pastry, now: Time) {
@@ -2165,11 +2175,7 @@ mod tests {
         p.join(now, &[]);
         // A full leaf set at 5 ms: holders at 9 ms are farther than random
         // nodes, so leaf-set candidates may contest them.
-        for i in 0..8u8 {
-            ping_from(&mut p, now, handle(0, 100 + u128::from(i), 10 + i), 5_000);
-            let ccw = handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i);
-            ping_from(&mut p, now, ccw, 5_000);
-        }
+        fill_leaf_set_at_5ms(&mut p, now);
         for (digit, host) in [(7, 2), (8, 3), (9, 4)] {
             ping_from(&mut p, now, handle(digit, 10, host), 9_000);
         }
@@ -2208,11 +2214,7 @@ mod tests {
         let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
         p.join(now, &[]);
         // A full leaf set of ids nearer ours than any candidate below.
-        for i in 0..8u8 {
-            ping_from(&mut p, now, handle(0, 100 + u128::from(i), 10 + i), 5_000);
-            let ccw = handle(0xf, (1 << 124) - 1 - u128::from(i), 20 + i);
-            ping_from(&mut p, now, ccw, 5_000);
-        }
+        fill_leaf_set_at_5ms(&mut p, now);
         // Slot (0, 5) is held by a node measured at 1 ms, nearer than every
         // leaf (5 ms); (0, 7) by one at 9 ms, farther; (0, 6) is empty.
         ping_from(&mut p, now, handle(5, 10, 2), 1_000);
