@@ -49,7 +49,10 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Probes sent before a silent peer is declared dead.
     pub probe_attempts: u8,
-    /// Per-hop acknowledgement timeout when the next hop's RTT is unknown.
+    /// Per-hop acknowledgement timeout when the next hop's RTT is unknown,
+    /// and the upper bound of the RTT-derived one (3 × RTT): an RTT can be
+    /// a peer's unverified hint, and a forged one must not make a route
+    /// wait longer than for a peer we know nothing of.
     pub ack_timeout: Duration,
     /// Lower bound of the RTT-derived per-hop acknowledgement timeout.
     pub ack_timeout_min: Duration,
