@@ -1365,6 +1365,9 @@ impl Pastry {
         };
         if p.heard {
             self.probes.remove(&id);
+            // Heard from while the probe ran: alive. (`heard` cleared it
+            // then, unless the suspicion came after.)
+            self.suspects.retain(|s| *s != id);
             return;
         }
         if p.sent < self.cfg.probe_attempts {
@@ -1405,7 +1408,7 @@ impl Pastry {
         // with this message and every other one waiting on it.
         let silent = p.next.id;
         self.ping(now, p.next, ProbeCause::Liveness);
-        if self.probes.contains_key(&silent)
+        if self.probes.get(&silent).is_some_and(|pr| !pr.heard)
             && !self.suspects.contains(&silent)
             && self.suspects.len() < MAX_SUSPECTS
         {
@@ -2261,6 +2264,33 @@ mod tests {
             st.probes_joining + st.probes_new_leaf + st.probes_liveness,
             0
         );
+    }
+
+    #[test]
+    fn a_hop_heard_from_while_probed_is_not_left_suspected() {
+        let mut rng = Rng::new(11);
+        let t0 = Time::from_micros(1_000_000);
+        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
+        p.join(t0, &[]);
+        let x = handle(5, 10, 2);
+        ping_from(&mut p, t0, x, 5_000);
+        let key = NodeId(x.id.0 + 1);
+        assert_eq!(p.next_hop(key, &[]), Some(x));
+        p.route(t0, key, Service::Lookup, Bytes::from_static(b"k"));
+        // x is being probed, and is heard from before the ack is due: it
+        // is alive, only this one ack went missing.
+        p.ping(t0, x, ProbeCause::Liveness);
+        ping_from(&mut p, t0 + Duration::from_millis(10), x, 5_000);
+        sent(&mut p);
+        let mut fired = Vec::new();
+        let ack_due = t0 + Duration::from_millis(150);
+        p.handle_timeout(ack_due, &mut fired);
+        assert_eq!(p.stats.reroutes, 1, "the ack timed out");
+        // The probe ends (x was heard from); nothing says x is silent.
+        p.handle_timeout(t0 + Duration::from_secs(2), &mut fired);
+        assert!(!p.probes.contains_key(&x.id));
+        assert!(p.suspects.is_empty(), "{:?}", p.suspects);
+        assert_eq!(p.next_hop(key, &[]), Some(x));
     }
 
     #[test]
