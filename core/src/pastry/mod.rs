@@ -599,13 +599,20 @@ impl Pastry {
         if attempt > 0 {
             // The last attempt got no leaf set: the bootstrap node may have
             // died, or the join's path through it. Retry through a node that
-            // attempt taught us (and whose probe has not failed yet) when
-            // there is one; the bootstrap list otherwise.
+            // attempt taught us and that has answered us (not one we only
+            // heard of: it may not exist) when there is one; the bootstrap
+            // list otherwise.
             let learned: SmallVec<[PeerAddr; 16]> = self
                 .leaves
                 .members()
+                .filter(|l| l.last_heard != Time::ZERO)
                 .map(|l| l.handle.addr)
-                .chain(self.table.entries().map(|e| e.handle.addr))
+                .chain(
+                    self.table
+                        .entries()
+                        .filter(|e| e.heard != Time::ZERO)
+                        .map(|e| e.handle.addr),
+                )
                 .take(16)
                 .collect();
             if !learned.is_empty() {
