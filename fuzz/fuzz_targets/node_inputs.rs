@@ -12,7 +12,8 @@
 //! - nothing panics, and draining terminates (bounded per input);
 //! - every transmit is non-empty, carries our header with our id, decodes if
 //!   it is a Pastry message, and goes to one of the eight peers or to an
-//!   address that some input named (a bootstrap or a handle inside a message);
+//!   address that some input named (a bootstrap, a handle inside a message,
+//!   an anycast's requester or a pushdown's joiner);
 //! - the node never sends to its own address;
 //! - `handle_timeout(now)` settles: repeated calls at one instant leave no
 //!   deadline at or before `now` after a bounded number of rounds, and no
@@ -25,6 +26,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use alm_core::scribe::Topic;
 use alm_core::wire::pastry::{Repr, Route, Service, State, state_flags};
+use alm_core::wire::scribe::{Anycast, Control, SERVICE_ANYCAST};
 use alm_core::wire::{Header, MsgType};
 use alm_core::{Config, Duration, NodeHandle, NodeId, PeerAddr, Time};
 use arbitrary::Arbitrary;
@@ -287,15 +289,34 @@ impl Harness {
         let Ok(hdr) = Header::new_checked(&bytes[..]) else {
             return;
         };
-        let Ok(ty) = hdr.msg_type() else { return };
+        let raw_type = hdr.raw_type();
+        let Ok(ty) = hdr.msg_type() else {
+            // A Scribe pushdown names the joiner, which its new parent
+            // answers.
+            if let Ok(Control::Pushdown { joiner, .. }) = Control::parse(raw_type, bytes) {
+                self.learn(joiner);
+            }
+            return;
+        };
         match Repr::parse(ty, bytes) {
-            Ok(Repr::Route(r)) => self.learn(r.origin),
+            Ok(Repr::Route(r)) => self.learn_from_route(&r),
             Ok(Repr::State(s)) => {
                 for h in s.table.iter().chain(&s.leaves).chain(&s.neighbors) {
                     self.learn(*h);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A routed message names its origin, and an anycast inside it names
+    /// the requester, which whoever can serve it answers directly.
+    fn learn_from_route(&mut self, r: &Route) {
+        self.learn(r.origin);
+        if r.service == Service::Other(SERVICE_ANYCAST)
+            && let Ok(a) = Anycast::parse(&r.payload)
+        {
+            self.learn(a.requester);
         }
     }
 
@@ -380,14 +401,16 @@ impl Harness {
                 payload,
             } => {
                 let origin = self.handle(origin);
-                Repr::Route(Route {
+                let route = Route {
                     hop_id,
                     key: self.resolve(key, origin.addr),
                     hops,
                     service: Service::from_u8(service),
                     origin,
                     payload: Bytes::from(payload),
-                })
+                };
+                self.learn_from_route(&route);
+                Repr::Route(route)
             }
             Kind::RouteAck { hop_id } => Repr::RouteAck { hop_id },
             Kind::State {
