@@ -3,7 +3,8 @@
 //!
 //! **State owned:** the leaf set, the proximity-aware routing table, the
 //! neighbourhood set, per-hop acknowledgements in flight, liveness/RTT
-//! probes in flight, recently dead nodes, the join phase, and a timer heap.
+//! probes in flight, suspected next hops, recently dead nodes, the join
+//! phase, and a timer heap.
 //!
 //! **Consumes:** decoded Pastry messages (`wire::pastry::Repr`) with the
 //! sender's id and address, timeouts, and commands (`join`, `route`,
@@ -17,8 +18,12 @@
 //! closest member; otherwise to the routing-table entry sharing one more digit;
 //! otherwise (rare case) to any known node sharing as long a prefix and
 //! numerically closer. Every forwarded hop is acknowledged; a hop that is not
-//! acknowledged in time is re-routed around the silent node, which is probed
-//! and, if it stays silent, declared dead and removed everywhere.
+//! acknowledged in time (3 × its RTT, never more than for an unknown RTT) is
+//! re-routed around the silent node, which is probed and, if it stays
+//! silent, declared dead and removed everywhere. While the probe runs the
+//! node is *suspected*: every route avoids it, and messages already waiting
+//! on it are re-routed at once. A leaf never heard from first-hand takes no
+//! keys, so a peer that a forged message names cannot swallow them.
 //!
 //! Join (§2.4): the joiner routes a JOIN toward its own id through a contact;
 //! every hop sends it the routing-table rows it can use, the contact its
