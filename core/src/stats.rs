@@ -22,6 +22,9 @@ pub struct Stats {
     pub route_drops: u64,
     /// Hops re-routed around an unresponsive node.
     pub reroutes: u64,
+    /// Messages sent to a key's root a second time after its ack timed
+    /// out (before it is suspected and routed around).
+    pub resent_to_root: u64,
     /// Nodes declared dead.
     pub peers_declared_dead: u64,
     /// Application lookups delivered here.
@@ -89,7 +92,7 @@ pub struct Stats {
 impl Stats {
     /// Every counter with its name, in declaration order: what `almd status`
     /// prints, so a new counter shows up there without further code.
-    pub fn counters(&self) -> [(&'static str, u64); 36] {
+    pub fn counters(&self) -> [(&'static str, u64); 37] {
         [
             ("msgs_sent", self.msgs_sent),
             ("bytes_sent", self.bytes_sent),
@@ -102,6 +105,7 @@ impl Stats {
             ("dropped_unexpected", self.dropped_unexpected),
             ("route_drops", self.route_drops),
             ("reroutes", self.reroutes),
+            ("resent_to_root", self.resent_to_root),
             ("peers_declared_dead", self.peers_declared_dead),
             ("lookups_delivered", self.lookups_delivered),
             ("probes_sent", self.probes_sent),

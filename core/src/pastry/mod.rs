@@ -171,6 +171,8 @@ struct PendingHop {
     deadline: Time,
     reroutes: u8,
     avoid: SmallVec<[NodeId; 4]>,
+    /// Sent a second time to the same hop (see `on_ack_timeout`).
+    resent: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1413,13 +1415,34 @@ impl Pastry {
         if p.deadline != at {
             return;
         }
-        let Some(p) = self.acks.remove(&hop) else {
+        let Some(mut p) = self.acks.remove(&hop) else {
             return;
         };
+        let silent = p.next.id;
+        // A probe of it that is already out and unanswered says more than
+        // one lost datagram would.
+        let already_silent = self.probes.get(&silent).is_some_and(|pr| !pr.heard);
+        self.ping(now, p.next, ProbeCause::Liveness);
+        if !p.resent && !already_silent && self.is_root_of(silent, p.route.key) {
+            // The key's root did not ack. Routing around it would deliver
+            // the message to its neighbour, the wrong node, whenever just
+            // one datagram (the message or its ack) was lost: send it to
+            // the root once more, same hop id, while the probe runs. Only
+            // if that goes unanswered too is the root suspected. (A lost
+            // ack means the root gets it twice; another node getting it
+            // instead would be worse.) Not when a probe sent before this
+            // timeout is unanswered as well.
+            self.stats.resent_to_root += 1;
+            p.resent = true;
+            p.deadline = now + self.hop_timeout(silent);
+            let (to, deadline) = (p.next.addr, p.deadline);
+            self.send(to, &Repr::Route(p.route.clone()));
+            self.acks.insert(hop, p);
+            self.set_timer(deadline, TimerKind::RouteAck(hop));
+            return;
+        }
         // Suspect the silent hop: probe it, and route around it meanwhile,
         // with this message and every other one waiting on it.
-        let silent = p.next.id;
-        self.ping(now, p.next, ProbeCause::Liveness);
         if self.probes.get(&silent).is_some_and(|pr| !pr.heard)
             && !self.suspects.contains(&silent)
             && self.suspects.len() < MAX_SUSPECTS
@@ -1465,6 +1488,11 @@ impl Pastry {
     }
 
     // ----- routing ------------------------------------------------------
+
+    /// Whether `id` is, by our leaf set, the node responsible for `key`.
+    fn is_root_of(&self, id: NodeId, key: NodeId) -> bool {
+        self.leaves.covers(key) && self.leaves.closest(key, &[]).is_some_and(|h| h.id == id)
+    }
 
     /// The next hop toward `key`, `None` if this node is responsible.
     pub fn next_hop(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
@@ -1588,17 +1616,7 @@ impl Pastry {
         route.hops = route.hops.saturating_add(1);
         let hop_id = self.rng.next_u64();
         route.hop_id = hop_id;
-        let rtt = self.known_rtt(next.id);
-        // Never longer than for an unknown RTT: the RTT may be a peer's
-        // unverified hint (any u32 from a forged message).
-        let timeout = if rtt == RTT_UNKNOWN {
-            self.cfg.ack_timeout
-        } else {
-            Duration::from_micros(u64::from(rtt) * 3)
-                .max(self.cfg.ack_timeout_min)
-                .min(self.cfg.ack_timeout)
-        };
-        let deadline = now + timeout;
+        let deadline = now + self.hop_timeout(next.id);
         self.send(next.addr, &Repr::Route(route.clone()));
         self.acks.insert(
             hop_id,
@@ -1608,9 +1626,25 @@ impl Pastry {
                 deadline,
                 reroutes,
                 avoid,
+                resent: false,
             },
         );
         self.set_timer(deadline, TimerKind::RouteAck(hop_id));
+    }
+
+    /// How long a hop to `next` may take to ack: 3 RTTs, within
+    /// [`ack_timeout_min`, `ack_timeout`]. Never longer than for an unknown
+    /// RTT: the RTT may be a peer's unverified hint (any u32 from a forged
+    /// message).
+    fn hop_timeout(&self, next: NodeId) -> Duration {
+        let rtt = self.known_rtt(next);
+        if rtt == RTT_UNKNOWN {
+            self.cfg.ack_timeout
+        } else {
+            Duration::from_micros(u64::from(rtt) * 3)
+                .max(self.cfg.ack_timeout_min)
+                .min(self.cfg.ack_timeout)
+        }
     }
 
     /// This node is a hop of `joiner`'s JOIN: give it the rows it can use,
@@ -2295,9 +2329,13 @@ mod tests {
         ping_from(&mut p, t0 + Duration::from_millis(10), x, 5_000);
         sent(&mut p);
         let mut fired = Vec::new();
-        let ack_due = t0 + Duration::from_millis(150);
-        p.handle_timeout(ack_due, &mut fired);
-        assert_eq!(p.stats.reroutes, 1, "the ack timed out");
+        // x is the key's root: the first timeout sends the message to it
+        // again, the second routes around it.
+        p.handle_timeout(t0 + Duration::from_millis(150), &mut fired);
+        assert_eq!(p.stats.resent_to_root, 1);
+        assert_eq!(p.stats.reroutes, 0);
+        p.handle_timeout(t0 + Duration::from_millis(300), &mut fired);
+        assert_eq!(p.stats.reroutes, 1, "the ack timed out twice");
         // The probe ends (x was heard from); nothing says x is silent.
         p.handle_timeout(t0 + Duration::from_secs(2), &mut fired);
         assert!(!p.probes.contains_key(&x.id));
