@@ -422,7 +422,7 @@ impl Scribe {
     }
 
     /// Publish `payload` on `topic` from this node.
-    pub fn publish(&mut self, now: Time, p: &mut Pastry, topic: Topic, payload: Bytes) {
+    pub fn publish(&mut self, now: Time, p: &mut Pastry, topic: Topic, mut payload: Bytes) {
         self.seq = self.seq.wrapping_add(1);
         let hdr = DataHeader {
             topic: topic.0,
@@ -432,18 +432,19 @@ impl Scribe {
             hops_left: self.cfg.data_hops,
         };
         let cap = self.cfg.dup_sources;
-        if let Some(st) = self.topics.get_mut(&topic)
-            && (st.role() != Role::Joining || !st.children.is_empty())
-        {
+        if let Some(st) = self.topics.get_mut(&topic) {
             let joining = st.role() == Role::Joining;
-            st.fresh(hdr.source, hdr.seq, now, cap);
-            self.fan_out(now, p, topic, hdr, None, &payload);
-            if !joining {
-                return;
+            if !joining || !st.children.is_empty() {
+                st.fresh(hdr.source, hdr.seq, now, cap);
+                self.fan_out(now, p, topic, hdr, None, &payload);
+                if !joining {
+                    return;
+                }
+                // Joining with a subtree (a root that learned of a closer
+                // node, a forwarder whose parent left): the subtree has it
+                // now, the rest of the tree gets it through the root, as
+                // from off-tree.
             }
-            // Joining with a subtree (a root that learned of a closer node,
-            // a forwarder whose parent left): the subtree has it now, the
-            // rest of the tree gets it through the root, as from off-tree.
         }
         // Off the tree: straight to a known tree node, or routed to the root.
         let refresh = self.cfg.publisher_refresh;
@@ -457,37 +458,35 @@ impl Scribe {
             flags: FLAG_TO_TREE,
             ..hdr
         };
-        match pubs.contact {
-            Some(addr) if now < pubs.refresh_at => {
-                let t = Transmit {
-                    to: addr,
-                    channel: Channel::Datagram,
-                    header: hdr.to_inline(p.me().id),
-                    body: payload,
-                };
-                p.send_raw(t);
-            }
-            contact => {
-                pubs.refresh_at = now + refresh;
-                if let Some(addr) = contact {
-                    // The contact most likely still works: send there too,
-                    // so that this packet is not late (and, behind more than
-                    // the duplicate window, dropped) if the route is slow.
-                    // The first tree node the routed copy reaches drops it
-                    // as a duplicate after telling us where to send.
-                    let header = hdr.to_inline(p.me().id);
-                    p.send_raw(Transmit {
-                        to: addr,
-                        channel: Channel::Datagram,
-                        header,
-                        body: payload.clone(),
-                    });
-                }
-                let mut body = BytesMut::with_capacity(DATA_FIXED_LEN + payload.len());
-                hdr.emit_body(&mut body);
-                body.extend_from_slice(&payload);
-                p.route(now, topic.0, Service::Other(SERVICE_DATA), body.freeze());
-            }
+        // Without a contact, or when it is due for a refresh, the packet is
+        // also routed to the root; the first tree node it reaches tells us
+        // where to send from now on.
+        let route = pubs.contact.is_none() || now >= pubs.refresh_at;
+        if route {
+            pubs.refresh_at = now + refresh;
+        }
+        if let Some(addr) = pubs.contact {
+            // At a refresh the contact most likely still works: sending
+            // there too keeps this packet from being late (and, behind more
+            // than the duplicate window, dropped) if the route is slow. The
+            // routed copy is then dropped at the tree as a duplicate.
+            let body = if route {
+                payload.clone()
+            } else {
+                std::mem::take(&mut payload)
+            };
+            p.send_raw(Transmit {
+                to: addr,
+                channel: Channel::Datagram,
+                header: hdr.to_inline(p.me().id),
+                body,
+            });
+        }
+        if route {
+            let mut body = BytesMut::with_capacity(DATA_FIXED_LEN + payload.len());
+            hdr.emit_body(&mut body);
+            body.extend_from_slice(&payload);
+            p.route(now, topic.0, Service::Other(SERVICE_DATA), body.freeze());
         }
         self.ensure_tick(now, p);
     }

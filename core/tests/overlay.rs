@@ -169,29 +169,41 @@ fn same_seed_same_run() {
 /// twice (the root gets one resend), the silent node is suspected and later
 /// lookups go around it straight away, instead of each waiting out its own
 /// ack timeouts until the liveness probe gives up (three probe timeouts).
-#[test]
-fn routes_avoid_a_suspected_hop_until_it_answers() {
+/// The bytes of an Announce from `from`, a node that need not exist,
+/// claiming an RTT of `rtt_hint_us` µs: what a random datagram sometimes
+/// parses as.
+fn forged_announce(from: NodeId, rtt_hint_us: u32) -> Bytes {
     use alm_core::wire::{MsgType, emit_header};
     use bytes::BufMut;
+    let mut b = Vec::new();
+    emit_header(&mut b, MsgType::Announce as u8, from);
+    b.put_u32(rtt_hint_us);
+    Bytes::from(b)
+}
+
+/// Payload `k` of a numbered stream, and back.
+fn numbered(k: usize) -> Bytes {
+    Bytes::from((k as u32).to_be_bytes().to_vec())
+}
+
+fn number_of(payload: &[u8]) -> usize {
+    u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
+}
+
+#[test]
+fn routes_avoid_a_suspected_hop_until_it_answers() {
     let mut net = Net::new(3, 37);
     net.join_all(Duration::from_millis(10));
     let key = NodeId(net.nodes[2].id().0 ^ 1);
-    let mut forged = Vec::new();
-    emit_header(&mut forged, MsgType::Announce as u8, key);
-    forged.put_u32(RTT_HINT_MS * 1000);
-    const RTT_HINT_MS: u32 = 50;
-    net.on(0, |n, now| {
-        n.handle_datagram(now, addr(3), Bytes::from(forged))
-    });
+    let forged = forged_announce(key, 50_000);
+    net.on(0, |n, now| n.handle_datagram(now, addr(3), forged));
     assert!(net.nodes[0].leaf_set().iter().any(|h| h.id == key));
     net.events.clear();
     let (count, gap) = (300, Duration::from_millis(10));
     let start = net.now;
     for k in 0..count {
         let now = net.now;
-        net.nodes[0]
-            .route(now, key, Bytes::from((k as u32).to_be_bytes().to_vec()))
-            .unwrap();
+        net.nodes[0].route(now, key, numbered(k)).unwrap();
         net.drain(0);
         net.settle(gap);
     }
@@ -200,7 +212,7 @@ fn routes_avoid_a_suspected_hop_until_it_answers() {
     let mut got = vec![0; count];
     for (at, _, e) in &net.events {
         if let Event::Delivered { payload, .. } = e {
-            let k = u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize;
+            let k = number_of(payload);
             got[k] += 1;
             let delay = *at - (start + gap.saturating_mul(k as u64));
             if delay > Duration::from_millis(100) {
@@ -398,8 +410,6 @@ fn groups_are_isolated() {
 /// most those two timeouts. (Before: the 4000 s hint made a 3.3 h ack
 /// timeout, and up to 900 of the 1000 packets were lost.)
 fn forged_peer_run(seed: u64, target: usize) -> Result<(), String> {
-    use alm_core::wire::{MsgType, emit_header};
-    use bytes::BufMut;
     let mut net = Net::new(3, seed);
     net.join_all(Duration::from_millis(10));
     let t = Topic::named(b"test", b"forged");
@@ -408,22 +418,18 @@ fn forged_peer_run(seed: u64, target: usize) -> Result<(), String> {
     net.settle(Duration::from_secs(2));
     // From addr(3): no node there, so everything sent to it is lost.
     let ghost = t.0;
-    let mut forged = Vec::new();
-    emit_header(&mut forged, MsgType::Announce as u8, ghost);
-    forged.put_u32(4_000_000_000); // "RTT 4000 s"
+    let forged = forged_announce(ghost, 4_000_000_000); // "RTT 4000 s"
     net.events.clear();
     let (count, gap) = (1000, Duration::from_millis(10));
     let start = net.now;
     for k in 0..count {
         if k == 100 {
             net.on(target, |n, now| {
-                n.handle_datagram(now, addr(3), Bytes::from(forged.clone()))
+                n.handle_datagram(now, addr(3), forged.clone())
             });
         }
         let now = net.now;
-        net.nodes[0]
-            .publish(now, t, Bytes::from((k as u32).to_be_bytes().to_vec()))
-            .unwrap();
+        net.nodes[0].publish(now, t, numbered(k)).unwrap();
         net.drain(0);
         net.settle(gap);
     }
@@ -437,7 +443,7 @@ fn forged_peer_run(seed: u64, target: usize) -> Result<(), String> {
                 && *topic == t
                 && *i == m
             {
-                let k = u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize;
+                let k = number_of(payload);
                 arrived[k].push(*at);
             }
         }

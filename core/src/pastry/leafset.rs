@@ -276,10 +276,15 @@ impl LeafSet {
     /// and not yet answering the probe that verifies them: a node that does
     /// not exist must not take keys). `None` means the local node itself.
     pub fn closest(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
+        self.closest_where(key, |id| avoid.contains(&id))
+    }
+
+    /// `closest`, skipping the members for which `skip` holds.
+    pub fn closest_where(&self, key: NodeId, skip: impl Fn(NodeId) -> bool) -> Option<NodeHandle> {
         let mut best: Option<NodeHandle> = None;
         let mut best_id = self.me;
         for l in self.cw.iter().chain(&self.ccw) {
-            if l.last_heard == Time::ZERO || avoid.contains(&l.handle.id) {
+            if l.last_heard == Time::ZERO || skip(l.handle.id) {
                 continue;
             }
             if key.closer(l.handle.id, best_id) {

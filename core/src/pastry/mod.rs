@@ -956,9 +956,7 @@ impl Pastry {
     /// table's lookup of it, for the offer of `from` that most messages
     /// make next (`offer_heard`).
     fn heard(&mut self, now: Time, from: NodeHandle) -> Lookup {
-        if !self.suspects.is_empty() {
-            self.suspects.retain(|s| *s != from.id);
-        }
+        self.unsuspect(from.id);
         self.leaves.heard(from.id, now);
         let slot = self.table.lookup(from.id);
         self.table.heard_at(&slot, now);
@@ -986,7 +984,7 @@ impl Pastry {
         let slot = self.table.remove(id);
         let in_nbrs = self.nbrs.remove(id);
         self.probes.remove(&id);
-        self.suspects.retain(|s| *s != id);
+        self.unsuspect(id);
         // Messages still waiting for its ack go elsewhere now.
         self.reroute_waiting_on(now, id);
         self.rtt_cache.remove(id);
@@ -1381,7 +1379,7 @@ impl Pastry {
             self.probes.remove(&id);
             // Heard from while the probe ran: alive. (`heard` cleared it
             // then, unless the suspicion came after.)
-            self.suspects.retain(|s| *s != id);
+            self.unsuspect(id);
             return;
         }
         if p.sent < self.cfg.probe_attempts {
@@ -1421,7 +1419,7 @@ impl Pastry {
         let silent = p.next.id;
         // A probe of it that is already out and unanswered says more than
         // one lost datagram would.
-        let already_silent = self.probes.get(&silent).is_some_and(|pr| !pr.heard);
+        let already_silent = self.probe_unanswered(silent);
         self.ping(now, p.next, ProbeCause::Liveness);
         if !p.resent && !already_silent && self.is_root_of(silent, p.route.key) {
             // The key's root did not ack. Routing around it would deliver
@@ -1435,15 +1433,12 @@ impl Pastry {
             self.stats.resent_to_root += 1;
             p.resent = true;
             p.deadline = now + self.hop_timeout(silent);
-            let (to, deadline) = (p.next.addr, p.deadline);
-            self.send(to, &Repr::Route(p.route.clone()));
-            self.acks.insert(hop, p);
-            self.set_timer(deadline, TimerKind::RouteAck(hop));
+            self.send_hop(hop, p);
             return;
         }
         // Suspect the silent hop: probe it, and route around it meanwhile,
         // with this message and every other one waiting on it.
-        if self.probes.get(&silent).is_some_and(|pr| !pr.heard)
+        if self.probe_unanswered(silent)
             && !self.suspects.contains(&silent)
             && self.suspects.len() < MAX_SUSPECTS
         {
@@ -1472,7 +1467,7 @@ impl Pastry {
         if self.acks.is_empty() {
             return;
         }
-        let mut waiting: Vec<(Time, u64)> = self
+        let mut waiting: SmallVec<[(Time, u64); 8]> = self
             .acks
             .iter()
             .filter(|(_, p)| p.next.id == id)
@@ -1487,6 +1482,19 @@ impl Pastry {
         }
     }
 
+    /// A liveness or RTT probe of `id` is out and nothing from it has
+    /// arrived since.
+    fn probe_unanswered(&self, id: NodeId) -> bool {
+        self.probes.get(&id).is_some_and(|pr| !pr.heard)
+    }
+
+    /// `id` answered or is gone: stop routing around it.
+    fn unsuspect(&mut self, id: NodeId) {
+        if !self.suspects.is_empty() {
+            self.suspects.retain(|s| *s != id);
+        }
+    }
+
     // ----- routing ------------------------------------------------------
 
     /// Whether `id` is, by our leaf set, the node responsible for `key`.
@@ -1495,18 +1503,12 @@ impl Pastry {
     }
 
     /// The next hop toward `key`, `None` if this node is responsible.
+    /// Nodes in `avoid` (the message's own) and suspected nodes are
+    /// skipped.
     pub fn next_hop(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
-        if !self.suspects.is_empty() {
-            let mut all: SmallVec<[NodeId; 8]> = SmallVec::from_slice(avoid);
-            all.extend(self.suspects.iter().filter(|s| !avoid.contains(s)).copied());
-            return self.next_hop_avoiding(key, &all);
-        }
-        self.next_hop_avoiding(key, avoid)
-    }
-
-    fn next_hop_avoiding(&self, key: NodeId, avoid: &[NodeId]) -> Option<NodeHandle> {
+        let skip = |id: NodeId| avoid.contains(&id) || self.suspects.contains(&id);
         if self.leaves.covers(key) {
-            return self.leaves.closest(key, avoid);
+            return self.leaves.closest_where(key, skip);
         }
         let b = self.cfg.b;
         let l = self.me.id.shared_prefix_len(key, b);
@@ -1515,7 +1517,7 @@ impl Pastry {
             return None;
         }
         if let Some(e) = self.table.get(l, key.digit(l, b))
-            && !avoid.contains(&e.handle.id)
+            && !skip(e.handle.id)
         {
             return Some(e.handle);
         }
@@ -1529,7 +1531,7 @@ impl Pastry {
             .chain(self.table.entries().map(|e| e.handle))
             .chain(self.nbrs.handles().copied());
         for h in cands {
-            if avoid.contains(&h.id) {
+            if skip(h.id) {
                 continue;
             }
             let s = h.id.shared_prefix_len(key, b);
@@ -1617,19 +1619,23 @@ impl Pastry {
         let hop_id = self.rng.next_u64();
         route.hop_id = hop_id;
         let deadline = now + self.hop_timeout(next.id);
-        self.send(next.addr, &Repr::Route(route.clone()));
-        self.acks.insert(
-            hop_id,
-            PendingHop {
-                route,
-                next,
-                deadline,
-                reroutes,
-                avoid,
-                resent: false,
-            },
-        );
-        self.set_timer(deadline, TimerKind::RouteAck(hop_id));
+        let p = PendingHop {
+            route,
+            next,
+            deadline,
+            reroutes,
+            avoid,
+            resent: false,
+        };
+        self.send_hop(hop_id, p);
+    }
+
+    /// Send `p`'s message to its next hop and wait for the ack until its
+    /// deadline.
+    fn send_hop(&mut self, hop_id: u64, p: PendingHop) {
+        self.send(p.next.addr, &Repr::Route(p.route.clone()));
+        self.set_timer(p.deadline, TimerKind::RouteAck(hop_id));
+        self.acks.insert(hop_id, p);
     }
 
     /// How long a hop to `next` may take to ack: 3 RTTs, within
@@ -1957,6 +1963,14 @@ mod tests {
             .collect()
     }
 
+    /// Node 0x0…1 (seeded with `seed`), alone in its overlay at `now`.
+    fn alone(seed: u64, now: Time) -> Pastry {
+        let mut rng = Rng::new(seed);
+        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
+        p.join(now, &[]);
+        p
+    }
+
     /// `h`, an active member that measured `rtt_hint` µs to `p`, pings it:
     /// `p` learns of `h` first-hand, with that RTT.
     fn ping_from(p: &mut Pastry, now: Time, h: NodeHandle, rtt_hint: u32) {
@@ -2137,10 +2151,8 @@ mod tests {
 
     #[test]
     fn a_neighbourhood_request_is_answered_like_a_row_with_rtts() {
-        let mut rng = Rng::new(11);
         let now = Time::from_micros(1_000_000);
-        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
-        p.join(now, &[]);
+        let mut p = alone(11, now);
         let (near, far, asker) = (handle(7, 2, 2), handle(9, 3, 3), handle(4, 4, 4));
         for (h, rtt) in [(far, 900), (near, 300), (asker, 500)] {
             ping_from(&mut p, now, h, rtt);
@@ -2218,10 +2230,8 @@ mod tests {
 
     #[test]
     fn listed_rtts_bound_leaf_and_neighbour_candidates_from_both_sides() {
-        let mut rng = Rng::new(6);
         let now = Time::from_micros(1_000_000);
-        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
-        p.join(now, &[]);
+        let mut p = alone(6, now);
         // A full leaf set at 5 ms: holders at 9 ms are farther than random
         // nodes, so leaf-set candidates may contest them.
         fill_leaf_set_at_5ms(&mut p, now);
@@ -2258,10 +2268,8 @@ mod tests {
 
     #[test]
     fn leaf_set_candidates_do_not_contest_holders_nearer_than_random_nodes() {
-        let mut rng = Rng::new(5);
         let now = Time::from_micros(1_000_000);
-        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
-        p.join(now, &[]);
+        let mut p = alone(5, now);
         // A full leaf set of ids nearer ours than any candidate below.
         fill_leaf_set_at_5ms(&mut p, now);
         // Slot (0, 5) is held by a node measured at 1 ms, nearer than every
@@ -2314,10 +2322,8 @@ mod tests {
 
     #[test]
     fn a_hop_heard_from_while_probed_is_not_left_suspected() {
-        let mut rng = Rng::new(11);
         let t0 = Time::from_micros(1_000_000);
-        let mut p = Pastry::new(Config::default(), handle(0, 1, 1), &mut rng);
-        p.join(t0, &[]);
+        let mut p = alone(11, t0);
         let x = handle(5, 10, 2);
         ping_from(&mut p, t0, x, 5_000);
         let key = NodeId(x.id.0 + 1);
