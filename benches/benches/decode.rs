@@ -23,7 +23,7 @@ fn messages() -> Vec<(&'static str, Repr)> {
         (
             "route_1KiB",
             Repr::Route(Route {
-                hop_id: 0x1234_5678_9abc_def0,
+                msg_id: 0x1234_5678_9abc_def0,
                 key: NodeId(u128::MAX / 3),
                 hops: 2,
                 service: Service::Lookup,

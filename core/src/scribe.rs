@@ -927,7 +927,7 @@ impl Scribe {
         match next {
             Some(n) if a.visited.len() < ANYCAST_MAX_VISITED => {
                 let route = Route {
-                    hop_id: 0,
+                    msg_id: 0,
                     key: topic.0,
                     hops: route.hops,
                     service: Service::Other(SERVICE_ANYCAST),

@@ -25,6 +25,8 @@ pub struct Stats {
     /// Messages sent to a key's root a second time after its ack timed
     /// out (before it is suspected and routed around).
     pub resent_to_root: u64,
+    /// Copies of routed messages already taken here (acked, not routed on).
+    pub dropped_duplicate: u64,
     /// Nodes declared dead.
     pub peers_declared_dead: u64,
     /// Application lookups delivered here.
@@ -92,7 +94,7 @@ pub struct Stats {
 impl Stats {
     /// Every counter with its name, in declaration order: what `almd status`
     /// prints, so a new counter shows up there without further code.
-    pub fn counters(&self) -> [(&'static str, u64); 37] {
+    pub fn counters(&self) -> [(&'static str, u64); 38] {
         [
             ("msgs_sent", self.msgs_sent),
             ("bytes_sent", self.bytes_sent),
@@ -106,6 +108,7 @@ impl Stats {
             ("route_drops", self.route_drops),
             ("reroutes", self.reroutes),
             ("resent_to_root", self.resent_to_root),
+            ("dropped_duplicate", self.dropped_duplicate),
             ("peers_declared_dead", self.peers_declared_dead),
             ("lookups_delivered", self.lookups_delivered),
             ("probes_sent", self.probes_sent),

@@ -70,7 +70,7 @@ fn forwarding_allocates_nothing_and_shares_the_payload() {
     // Children join by sending their JOIN (a routed message) to us.
     for (i, c) in children.iter().enumerate() {
         let join = alm_core::wire::pastry::Repr::Route(alm_core::wire::pastry::Route {
-            hop_id: 1,
+            msg_id: 1,
             key: topic.0,
             hops: 1,
             service: alm_core::wire::pastry::Service::Other(alm_core::wire::scribe::SERVICE_JOIN),
@@ -185,7 +185,7 @@ fn middleware_paths_allocate_nothing_per_packet() {
     // A tree neighbour (our child) sends the captured UDP packets back to us.
     let child = NodeId(10 << 120);
     let join = alm_core::wire::pastry::Repr::Route(alm_core::wire::pastry::Route {
-        hop_id: 1,
+        msg_id: 1,
         key: topic.0,
         hops: 1,
         service: alm_core::wire::pastry::Service::Other(alm_core::wire::scribe::SERVICE_JOIN),

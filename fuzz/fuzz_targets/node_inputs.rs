@@ -108,7 +108,7 @@ struct FuzzHandle {
 #[derive(Arbitrary, Debug)]
 enum Kind {
     Route {
-        hop_id: u64,
+        msg_id: u64,
         key: FuzzId,
         hops: u8,
         service: u8,
@@ -116,7 +116,7 @@ enum Kind {
         payload: Vec<u8>,
     },
     RouteAck {
-        hop_id: u64,
+        msg_id: u64,
     },
     State {
         flags: u8,
@@ -393,7 +393,7 @@ impl Harness {
     fn build(&mut self, kind: Kind) -> Repr {
         match kind {
             Kind::Route {
-                hop_id,
+                msg_id,
                 key,
                 hops,
                 service,
@@ -402,7 +402,7 @@ impl Harness {
             } => {
                 let origin = self.handle(origin);
                 let route = Route {
-                    hop_id,
+                    msg_id,
                     key: self.resolve(key, origin.addr),
                     hops,
                     service: Service::from_u8(service),
@@ -412,7 +412,7 @@ impl Harness {
                 self.learn_from_route(&route);
                 Repr::Route(route)
             }
-            Kind::RouteAck { hop_id } => Repr::RouteAck { hop_id },
+            Kind::RouteAck { msg_id } => Repr::RouteAck { msg_id },
             Kind::State {
                 flags,
                 rtt_hint,
@@ -497,7 +497,7 @@ impl Harness {
                         | state_flags::JOIN_FINAL;
                     self.deliver(to, me, &state(all));
                 } else {
-                    let ack = Repr::RouteAck { hop_id: r.hop_id };
+                    let ack = Repr::RouteAck { msg_id: r.msg_id };
                     self.deliver(to, me, &ack);
                 }
             }

@@ -40,6 +40,7 @@
 
 pub mod leafset;
 pub mod neighborhood;
+mod seen;
 pub mod table;
 
 use std::cmp::Reverse;
@@ -65,6 +66,7 @@ use crate::wire::pastry::{
 
 use leafset::{LeafSet, Side};
 use neighborhood::NeighborhoodSet;
+use seen::Seen;
 use table::{Lookup, Offer, RoutingTable};
 
 /// What Pastry asks its owner to act on.
@@ -171,8 +173,8 @@ struct PendingHop {
     deadline: Time,
     reroutes: u8,
     avoid: SmallVec<[NodeId; 4]>,
-    /// Sent a second time to the same hop (see `on_ack_timeout`).
-    resent: bool,
+    /// Times sent again to the same hop (see `on_ack_timeout`).
+    resent: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +216,10 @@ enum ProbeCause {
 
 /// Hop budget of a routed message (log16 of a billion nodes is 7.5).
 const MAX_HOPS: u8 = 40;
+
+/// Times a message is sent again to a key's root that did not ack it but
+/// answers probes (see `Pastry::on_ack_timeout`).
+const MAX_ROOT_RESENDS: u8 = 3;
 
 /// At most this many peers are suspected at once (see `Pastry::suspects`);
 /// beyond it a silent hop is still avoided by the message that found it.
@@ -296,7 +302,10 @@ pub struct Pastry {
     table: RoutingTable,
     nbrs: NeighborhoodSet,
     phase: Phase,
+    /// Messages forwarded and not yet acked, by message id.
     acks: Map<u64, PendingHop>,
+    /// Routed messages already taken: a copy is acked and dropped.
+    seen: Seen,
     probes: Map<NodeId, Probe>,
     /// Peers that let a routed message's ack time out and have not been
     /// heard from since: routing avoids them until their liveness probe
@@ -350,6 +359,7 @@ impl Pastry {
             acks: new_map(rng.next_u64()),
             probes: new_map(rng.next_u64()),
             suspects: Vec::new(),
+            seen: Seen::new(rng.next_u64()),
             dead: new_map(rng.next_u64()),
             rtt_cache: RttCache::default(),
             timers: BinaryHeap::new(),
@@ -627,7 +637,7 @@ impl Pastry {
             }
         }
         let route = Route {
-            hop_id: self.rng.next_u64(),
+            msg_id: self.fresh_msg_id(),
             key: self.me.id,
             hops: 0,
             service: Service::Join,
@@ -1292,7 +1302,7 @@ impl Pastry {
         let members = self.leaves.handles();
         let contact = members[self.rng.index(members.len())];
         let route = Route {
-            hop_id: self.rng.next_u64(),
+            msg_id: self.fresh_msg_id(),
             key: self.me.id,
             hops: 0,
             service: Service::Join,
@@ -1421,17 +1431,19 @@ impl Pastry {
         // one lost datagram would.
         let already_silent = self.probe_unanswered(silent);
         self.ping(now, p.next, ProbeCause::Liveness);
-        if !p.resent && !already_silent && self.is_root_of(silent, p.route.key) {
+        if p.resent < MAX_ROOT_RESENDS && !already_silent && self.is_root_of(silent, p.route.key) {
             // The key's root did not ack. Routing around it would deliver
             // the message to its neighbour, the wrong node, whenever just
             // one datagram (the message or its ack) was lost: send it to
-            // the root once more, same hop id, while the probe runs. Only
-            // if that goes unanswered too is the root suspected. (A lost
-            // ack means the root gets it twice; another node getting it
-            // instead would be worse.) Not when a probe sent before this
-            // timeout is unanswered as well.
+            // the root again, same message id, while the probe runs. Only
+            // once a probe goes unanswered too (checked before this
+            // timeout's own probe went out) is the root suspected and
+            // routed around; a root that answers its probe is sent the
+            // message again, up to `MAX_ROOT_RESENDS` times. (A lost ack
+            // means the root gets a copy, which it drops; another node
+            // getting the message instead would be worse.)
             self.stats.resent_to_root += 1;
-            p.resent = true;
+            p.resent += 1;
             p.deadline = now + self.hop_timeout(silent);
             self.send_hop(hop, p);
             return;
@@ -1551,8 +1563,10 @@ impl Pastry {
 
     /// Route an application or service message from this node.
     pub fn route(&mut self, now: Time, key: NodeId, service: Service, payload: Bytes) {
+        let msg_id = self.fresh_msg_id();
+        self.seen.first_time(now, self.me.id, msg_id);
         let route = Route {
-            hop_id: 0,
+            msg_id,
             key,
             hops: 0,
             service,
@@ -1616,8 +1630,13 @@ impl Pastry {
         reroutes: u8,
     ) {
         route.hops = route.hops.saturating_add(1);
-        let hop_id = self.rng.next_u64();
-        route.hop_id = hop_id;
+        if route.msg_id == 0 || self.acks.contains_key(&route.msg_id) {
+            // Not drawn yet (a message an overlay service built to send
+            // hop by hop), or another message waiting here has it: only a
+            // forged copy could, and it must not replace ours.
+            route.msg_id = self.fresh_msg_id();
+        }
+        let msg_id = route.msg_id;
         let deadline = now + self.hop_timeout(next.id);
         let p = PendingHop {
             route,
@@ -1625,17 +1644,22 @@ impl Pastry {
             deadline,
             reroutes,
             avoid,
-            resent: false,
+            resent: 0,
         };
-        self.send_hop(hop_id, p);
+        self.send_hop(msg_id, p);
+    }
+
+    /// A message id: never 0, which means "none".
+    fn fresh_msg_id(&mut self) -> u64 {
+        self.rng.next_u64().max(1)
     }
 
     /// Send `p`'s message to its next hop and wait for the ack until its
     /// deadline.
-    fn send_hop(&mut self, hop_id: u64, p: PendingHop) {
+    fn send_hop(&mut self, msg_id: u64, p: PendingHop) {
         self.send(p.next.addr, &Repr::Route(p.route.clone()));
-        self.set_timer(p.deadline, TimerKind::RouteAck(hop_id));
-        self.acks.insert(hop_id, p);
+        self.set_timer(p.deadline, TimerKind::RouteAck(msg_id));
+        self.acks.insert(msg_id, p);
     }
 
     /// How long a hop to `next` may take to ack: 3 RTTs, within
@@ -1719,7 +1743,7 @@ impl Pastry {
                     self.send(
                         from.addr,
                         &Repr::RouteAck {
-                            hop_id: route.hop_id,
+                            msg_id: route.msg_id,
                         },
                     );
                 } else if route.origin.id != from.id {
@@ -1727,13 +1751,19 @@ impl Pastry {
                     self.stats.dropped_malformed += 1;
                     return;
                 }
+                if !self.seen.first_time(now, route.origin.id, route.msg_id) {
+                    // A copy of one we took: its sender missed our ack
+                    // (acked again above) and resent or rerouted it.
+                    self.stats.dropped_duplicate += 1;
+                    return;
+                }
                 self.route_on(now, route, SmallVec::new(), 0, false);
             }
-            Repr::RouteAck { hop_id } => {
-                if let Some(p) = self.acks.get(&hop_id)
+            Repr::RouteAck { msg_id } => {
+                if let Some(p) = self.acks.get(&msg_id)
                     && p.next.id == from.id
                 {
-                    self.acks.remove(&hop_id);
+                    self.acks.remove(&msg_id);
                 }
             }
             Repr::State(state) => self.on_state(now, from, state, slot),
@@ -2335,18 +2365,117 @@ mod tests {
         ping_from(&mut p, t0 + Duration::from_millis(10), x, 5_000);
         sent(&mut p);
         let mut fired = Vec::new();
-        // x is the key's root: the first timeout sends the message to it
-        // again, the second routes around it.
-        p.handle_timeout(t0 + Duration::from_millis(150), &mut fired);
-        assert_eq!(p.stats.resent_to_root, 1);
-        assert_eq!(p.stats.reroutes, 0);
-        p.handle_timeout(t0 + Duration::from_millis(300), &mut fired);
-        assert_eq!(p.stats.reroutes, 1, "the ack timed out twice");
+        // x is the key's root, and answers: each timeout sends the message
+        // to it again, until the resends run out and it is routed around.
+        for (i, ms) in [150, 300, 450].into_iter().enumerate() {
+            p.handle_timeout(t0 + Duration::from_millis(ms), &mut fired);
+            assert_eq!(p.stats.resent_to_root, i as u64 + 1);
+            assert_eq!(p.stats.reroutes, 0);
+        }
+        p.handle_timeout(t0 + Duration::from_millis(600), &mut fired);
+        assert_eq!(p.stats.reroutes, 1, "the ack timed out four times");
         // The probe ends (x was heard from); nothing says x is silent.
         p.handle_timeout(t0 + Duration::from_secs(2), &mut fired);
         assert!(!p.probes.contains_key(&x.id));
         assert!(p.suspects.is_empty(), "{:?}", p.suspects);
         assert_eq!(p.next_hop(key, &[]), Some(x));
+    }
+
+    /// A copy of a routed message (its sender missed our ack) is acked
+    /// again, so the sender stops resending, but is neither delivered nor
+    /// routed on a second time, from whichever neighbour it comes.
+    #[test]
+    fn a_copy_is_acked_again_but_taken_once() {
+        let t0 = Time::from_micros(1_000_000);
+        let mut p = alone(12, t0);
+        let (x, z) = (handle(5, 10, 2), handle(7, 10, 3));
+        ping_from(&mut p, t0, x, 5_000);
+        ping_from(&mut p, t0, z, 5_000);
+        sent(&mut p);
+        let origin = handle(9, 10, 4);
+        let copy = |msg_id, origin| {
+            Repr::Route(Route {
+                msg_id,
+                key: p.me.id,
+                hops: 2,
+                service: Service::Lookup,
+                origin,
+                payload: Bytes::from_static(b"k"),
+            })
+        };
+        let (first, second, other) = (copy(42, origin), copy(42, origin), copy(42, x));
+        p.handle(t0, x, first);
+        p.handle(t0, x, second.clone());
+        p.handle(t0, z, second);
+        p.handle(t0, z, other);
+        let acks = sent(&mut p);
+        let ack = MsgType::RouteAck;
+        assert_eq!(
+            acks,
+            [(ack, x.addr), (ack, x.addr), (ack, z.addr), (ack, z.addr)]
+        );
+        let delivered: Vec<NodeId> = p
+            .upcalls
+            .drain(..)
+            .filter_map(|u| match u {
+                Upcall::Deliver(r) => Some(r.origin.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            delivered,
+            [origin.id, x.id],
+            "same id, other origin: not a copy"
+        );
+        assert_eq!(p.stats.dropped_duplicate, 2);
+    }
+
+    /// The message id is the origin's: kept on every hop and on a reroute,
+    /// so the next hops can recognise a copy.
+    #[test]
+    fn a_message_keeps_its_id_over_hops_and_reroutes() {
+        let t0 = Time::from_micros(1_000_000);
+        let mut p = alone(13, t0);
+        let (x, z) = (handle(5, 10, 2), handle(5, 20, 3));
+        ping_from(&mut p, t0, x, 5_000);
+        let key = NodeId(x.id.0 + 1);
+        let from = handle(9, 10, 4);
+        let msg = Route {
+            msg_id: 77,
+            key,
+            hops: 1,
+            service: Service::Lookup,
+            origin: from,
+            payload: Bytes::from_static(b"k"),
+        };
+        p.handle(t0, from, Repr::Route(msg));
+        let ids = |p: &mut Pastry| -> Vec<(PeerAddr, u64)> {
+            decoded(p)
+                .into_iter()
+                .filter_map(|(to, r)| match r {
+                    Repr::Route(r) => Some((to, r.msg_id)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(ids(&mut p), [(x.addr, 77)]);
+        // x goes silent; z is the way around it.
+        ping_from(&mut p, t0, z, 5_000);
+        let mut fired = Vec::new();
+        p.handle_timeout(t0 + Duration::from_secs(1), &mut fired);
+        p.handle_timeout(t0 + Duration::from_secs(2), &mut fired);
+        assert_eq!(p.stats.reroutes, 1);
+        let sent_on = ids(&mut p);
+        assert!(sent_on.contains(&(z.addr, 77)), "{sent_on:?}");
+        // A message this node starts gets a fresh, non-zero id.
+        p.route(t0, key, Service::Lookup, Bytes::from_static(b"j"));
+        let fresh = p
+            .acks
+            .keys()
+            .copied()
+            .filter(|id| *id != 77)
+            .collect::<Vec<_>>();
+        assert!(fresh.len() == 1 && fresh[0] != 0, "{fresh:?}");
     }
 
     #[test]

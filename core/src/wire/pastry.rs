@@ -7,14 +7,16 @@
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
-//! | 0  | 8  | hop id: the sender's id for this hop, echoed by `RouteAck` |
+//! | 0  | 8  | message id: drawn by the origin, the same on every hop and reroute; echoed by `RouteAck` |
 //! | 8  | 16 | key |
 //! | 24 | 1  | hops taken so far (incremented at each transmission) |
 //! | 25 | 1  | service: 0 join, 1 application lookup, 2.. overlay services |
 //! | 26 | 23/35 | origin handle (id, family, address, port) |
 //! | .. | rest | service payload, opaque to Pastry |
 //!
-//! **RouteAck** (0x02) — `hop id` (8): the next hop took the message.
+//! **RouteAck** (0x02) — `message id` (8): the next hop took the message.
+//! A node acks every copy it receives but routes on only the first: the
+//! origin and the message id name it (a copy comes from a lost ack).
 //!
 //! **State** (0x03) — routing state given to another node (join replies,
 //! leaf-set repair, row repair, replies to announcements).
@@ -135,7 +137,9 @@ pub const RTT_UNKNOWN: u32 = u32::MAX;
 /// A routed message. `payload` shares the received buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub hop_id: u64,
+    /// Drawn by the origin (0: not yet drawn), kept on every hop: with
+    /// `origin.id` it names the message, so that copies are dropped.
+    pub msg_id: u64,
     pub key: NodeId,
     pub hops: u8,
     pub service: Service,
@@ -196,7 +200,7 @@ fn put_rtts(out: &mut impl BufMut, rtts: &[u32], n: usize) {
 pub enum Repr {
     Route(Route),
     RouteAck {
-        hop_id: u64,
+        msg_id: u64,
     },
     State(State),
     Announce {
@@ -246,7 +250,7 @@ impl Repr {
         let mut r = Reader::new(body);
         let repr = match ty {
             MsgType::Route => {
-                let hop_id = r.u64()?;
+                let msg_id = r.u64()?;
                 let key = r.node_id()?;
                 let hops = r.u8()?;
                 let service = Service::from_u8(r.u8()?);
@@ -254,7 +258,7 @@ impl Repr {
                 let start = msg.len() - r.remaining();
                 let payload = msg.slice(start..);
                 return Ok(Repr::Route(Route {
-                    hop_id,
+                    msg_id,
                     key,
                     hops,
                     service,
@@ -262,7 +266,7 @@ impl Repr {
                     payload,
                 }));
             }
-            MsgType::RouteAck => Repr::RouteAck { hop_id: r.u64()? },
+            MsgType::RouteAck => Repr::RouteAck { msg_id: r.u64()? },
             MsgType::State => {
                 let flags = r.u8()?;
                 let rtt_hint = r.u32()?;
@@ -340,7 +344,7 @@ impl Repr {
         match self {
             Repr::Route(m) => {
                 let mut fixed = [0u8; 8 + 16 + 1 + 1];
-                fixed[..8].copy_from_slice(&m.hop_id.to_be_bytes());
+                fixed[..8].copy_from_slice(&m.msg_id.to_be_bytes());
                 fixed[8..24].copy_from_slice(&m.key.to_be_bytes());
                 fixed[24] = m.hops;
                 fixed[25] = m.service.to_u8();
@@ -348,7 +352,7 @@ impl Repr {
                 put_handle(out, &m.origin);
                 out.put_slice(&m.payload);
             }
-            Repr::RouteAck { hop_id } => out.put_u64(*hop_id),
+            Repr::RouteAck { msg_id } => out.put_u64(*msg_id),
             Repr::State(s) => {
                 let mut fixed = [s.flags; 1 + 4];
                 fixed[1..].copy_from_slice(&s.rtt_hint.to_be_bytes());
@@ -440,7 +444,7 @@ mod tests {
     #[test]
     fn every_message_roundtrips() {
         roundtrip(Repr::Route(Route {
-            hop_id: 77,
+            msg_id: 77,
             key: NodeId(u128::MAX - 3),
             hops: 3,
             service: Service::Lookup,
@@ -448,14 +452,14 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
         }));
         roundtrip(Repr::Route(Route {
-            hop_id: 0,
+            msg_id: 0,
             key: NodeId(1),
             hops: 0,
             service: Service::Other(9),
             origin: NodeHandle::new(NodeId(3), PeerAddr("[2001:db8::1]:1".parse().unwrap())),
             payload: Bytes::new(),
         }));
-        roundtrip(Repr::RouteAck { hop_id: u64::MAX });
+        roundtrip(Repr::RouteAck { msg_id: u64::MAX });
         roundtrip(Repr::State(State {
             flags: state_flags::JOIN_FINAL | state_flags::JOIN_ROWS,
             rtt_hint: 1234,
@@ -505,7 +509,7 @@ mod tests {
     #[test]
     fn route_payload_shares_the_input_buffer() {
         let repr = Repr::Route(Route {
-            hop_id: 1,
+            msg_id: 1,
             key: NodeId(2),
             hops: 0,
             service: Service::Lookup,
