@@ -22,8 +22,12 @@
 //! re-routed around the silent node, which is probed and, if it stays
 //! silent, declared dead and removed everywhere. While the probe runs the
 //! node is *suspected*: every route avoids it, and messages already waiting
-//! on it are re-routed at once. A leaf never heard from first-hand takes no
-//! keys, so a peer that a forged message names cannot swallow them.
+//! on it are re-routed at once. The key's root itself is not routed around
+//! for one lost datagram: it gets the message again while it answers its
+//! probe. A message keeps its origin's id on every hop, so a copy that a
+//! lost ack caused is acked and dropped where the first copy passed
+//! (`seen.rs`). A leaf never heard from first-hand takes no keys, so a peer
+//! that a forged message names cannot swallow them.
 //!
 //! Join (§2.4): the joiner routes a JOIN toward its own id through a contact;
 //! every hop sends it the routing-table rows it can use, the contact its
