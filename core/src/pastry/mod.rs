@@ -1986,6 +1986,15 @@ mod tests {
             .collect()
     }
 
+    /// Where `p`'s queued pings go (the other transmits are dropped).
+    fn pinged(p: &mut Pastry) -> Vec<PeerAddr> {
+        sent(p)
+            .into_iter()
+            .filter(|(ty, _)| *ty == MsgType::Ping)
+            .map(|(_, to)| to)
+            .collect()
+    }
+
     fn decoded(p: &mut Pastry) -> Vec<(PeerAddr, Repr)> {
         p.transmits
             .drain(..)
@@ -2238,11 +2247,7 @@ mod tests {
             ..State::default()
         };
         p.handle(now, replier, Repr::State(state));
-        let pings: Vec<PeerAddr> = sent(&mut p)
-            .into_iter()
-            .filter(|(ty, _)| *ty == MsgType::Ping)
-            .map(|(_, to)| to)
-            .collect();
+        let pings: Vec<PeerAddr> = pinged(&mut p);
         assert_eq!(pings, vec![maybe.addr]);
         assert_eq!(p.stats.probes_pruned, 1);
         // Without the RTTs both would have been probed.
@@ -2253,13 +2258,7 @@ mod tests {
             ..State::default()
         };
         p.handle(now, replier, Repr::State(state));
-        assert_eq!(
-            sent(&mut p)
-                .iter()
-                .filter(|(ty, _)| *ty == MsgType::Ping)
-                .count(),
-            1
-        );
+        assert_eq!(pinged(&mut p).len(), 1);
     }
 
     #[test]
@@ -2291,11 +2290,7 @@ mod tests {
             ..State::default()
         };
         p.handle(now, sender, Repr::State(state));
-        let pings: Vec<PeerAddr> = sent(&mut p)
-            .into_iter()
-            .filter(|(ty, _)| *ty == MsgType::Ping)
-            .map(|(_, to)| to)
-            .collect();
+        let pings: Vec<PeerAddr> = pinged(&mut p);
         assert_eq!(pings, vec![c8.addr]);
         assert_eq!(p.stats.probes_pruned, 2);
     }
@@ -2321,11 +2316,7 @@ mod tests {
         };
         let sender = handle(0, 100, 10);
         p.handle(now, sender, Repr::State(gossip));
-        let pings: Vec<PeerAddr> = sent(&mut p)
-            .into_iter()
-            .filter(|(ty, _)| *ty == MsgType::Ping)
-            .map(|(_, to)| to)
-            .collect();
+        let pings: Vec<PeerAddr> = pinged(&mut p);
         // The empty slot takes its candidate (and measures it); the holder
         // that random nodes rarely beat is not challenged, the other is.
         assert_eq!(pings, vec![c6.addr, c7.addr]);
