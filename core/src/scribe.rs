@@ -437,14 +437,14 @@ impl Scribe {
             if !joining || !st.children.is_empty() {
                 st.fresh(hdr.source, hdr.seq, now, cap);
                 self.fan_out(now, p, topic, hdr, None, &payload);
-                if !joining {
-                    return;
-                }
-                // Joining with a subtree (a root that learned of a closer
-                // node, a forwarder whose parent left): the subtree has it
-                // now, the rest of the tree gets it through the root, as
-                // from off-tree.
             }
+            if !joining {
+                return;
+            }
+            // Joining, maybe with a subtree (a root that learned of a
+            // closer node, a forwarder whose parent left): the subtree has
+            // it now, the rest of the tree gets it through the root, as
+            // from off-tree.
         }
         // Off the tree: straight to a known tree node, or routed to the root.
         let refresh = self.cfg.publisher_refresh;

@@ -22,8 +22,8 @@ pub struct Stats {
     pub route_drops: u64,
     /// Hops re-routed around an unresponsive node.
     pub reroutes: u64,
-    /// Messages sent to a key's root a second time after its ack timed
-    /// out (before it is suspected and routed around).
+    /// Messages sent to a key's root again after its ack timed out (while
+    /// it answers its probe; before it is suspected and routed around).
     pub resent_to_root: u64,
     /// Copies of routed messages already taken here (acked, not routed on).
     pub dropped_duplicate: u64,

@@ -163,12 +163,6 @@ fn same_seed_same_run() {
 
 // ----- Scribe -------------------------------------------------------------
 
-/// The forged Announce of a node that does not exist (as in
-/// `a_silent_forged_peer_costs_at_most_two_ack_timeouts`), with an id right at
-/// the key of a stream of lookups: once the first lookup's ack times out
-/// twice (the root gets one resend), the silent node is suspected and later
-/// lookups go around it straight away, instead of each waiting out its own
-/// ack timeouts until the liveness probe gives up (three probe timeouts).
 /// The bytes of an Announce from `from`, a node that need not exist,
 /// claiming an RTT of `rtt_hint_us` µs: what a random datagram sometimes
 /// parses as.
@@ -190,6 +184,13 @@ fn number_of(payload: &[u8]) -> usize {
     u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
 }
 
+/// The forged Announce of a node that does not exist (as in
+/// `a_silent_forged_peer_costs_at_most_two_ack_timeouts`), with an id right at
+/// the key of a stream of lookups: once the first lookup's ack times out
+/// twice (a root that does not answer its probe gets one resend), the
+/// silent node is suspected and later lookups go around it straight away,
+/// instead of each waiting out its own ack timeouts until the liveness
+/// probe gives up (three probe timeouts).
 #[test]
 fn routes_avoid_a_suspected_hop_until_it_answers() {
     let mut net = Net::new(3, 37);
@@ -405,9 +406,9 @@ fn groups_are_isolated() {
 /// node's leaf set, and through gossip into the others'. The old root then
 /// joins toward it, routes toward it go unacknowledged, and the publisher
 /// may be that root. Every packet must still arrive exactly once; only those
-/// sent before the ghost is suspected (after two ack timeouts: a root is
-/// sent a message once more before it is routed around) may be late, by at
-/// most those two timeouts. (Before: the 4000 s hint made a 3.3 h ack
+/// sent before the ghost is suspected (after two ack timeouts: a root that
+/// does not answer its probe is sent a message once more before it is
+/// routed around) may be late, by at most those two timeouts. (Before: the 4000 s hint made a 3.3 h ack
 /// timeout, and up to 900 of the 1000 packets were lost.)
 fn forged_peer_run(seed: u64, target: usize) -> Result<(), String> {
     let mut net = Net::new(3, seed);

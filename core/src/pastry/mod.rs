@@ -2006,6 +2006,18 @@ mod tests {
             .collect()
     }
 
+    /// Lookup `msg_id` from `origin` toward `key`, one hop out.
+    fn lookup(msg_id: u64, key: NodeId, origin: NodeHandle) -> Route {
+        Route {
+            msg_id,
+            key,
+            hops: 1,
+            service: Service::Lookup,
+            origin,
+            payload: Bytes::from_static(b"k"),
+        }
+    }
+
     /// Node 0x0…1 (seeded with `seed`), alone in its overlay at `now`.
     fn alone(seed: u64, now: Time) -> Pastry {
         let mut rng = Rng::new(seed);
@@ -2247,7 +2259,7 @@ mod tests {
             ..State::default()
         };
         p.handle(now, replier, Repr::State(state));
-        let pings: Vec<PeerAddr> = pinged(&mut p);
+        let pings = pinged(&mut p);
         assert_eq!(pings, vec![maybe.addr]);
         assert_eq!(p.stats.probes_pruned, 1);
         // Without the RTTs both would have been probed.
@@ -2290,7 +2302,7 @@ mod tests {
             ..State::default()
         };
         p.handle(now, sender, Repr::State(state));
-        let pings: Vec<PeerAddr> = pinged(&mut p);
+        let pings = pinged(&mut p);
         assert_eq!(pings, vec![c8.addr]);
         assert_eq!(p.stats.probes_pruned, 2);
     }
@@ -2316,7 +2328,7 @@ mod tests {
         };
         let sender = handle(0, 100, 10);
         p.handle(now, sender, Repr::State(gossip));
-        let pings: Vec<PeerAddr> = pinged(&mut p);
+        let pings = pinged(&mut p);
         // The empty slot takes its candidate (and measures it); the holder
         // that random nodes rarely beat is not challenged, the other is.
         assert_eq!(pings, vec![c6.addr, c7.addr]);
@@ -2388,17 +2400,8 @@ mod tests {
         ping_from(&mut p, t0, z, 5_000);
         sent(&mut p);
         let origin = handle(9, 10, 4);
-        let copy = |msg_id, origin| {
-            Repr::Route(Route {
-                msg_id,
-                key: p.me.id,
-                hops: 2,
-                service: Service::Lookup,
-                origin,
-                payload: Bytes::from_static(b"k"),
-            })
-        };
-        let (first, second, other) = (copy(42, origin), copy(42, origin), copy(42, x));
+        let copy = |origin| Repr::Route(lookup(42, p.me.id, origin));
+        let (first, second, other) = (copy(origin), copy(origin), copy(x));
         p.handle(t0, x, first);
         p.handle(t0, x, second.clone());
         p.handle(t0, z, second);
@@ -2435,15 +2438,7 @@ mod tests {
         ping_from(&mut p, t0, x, 5_000);
         let key = NodeId(x.id.0 + 1);
         let from = handle(9, 10, 4);
-        let msg = Route {
-            msg_id: 77,
-            key,
-            hops: 1,
-            service: Service::Lookup,
-            origin: from,
-            payload: Bytes::from_static(b"k"),
-        };
-        p.handle(t0, from, Repr::Route(msg));
+        p.handle(t0, from, Repr::Route(lookup(77, key, from)));
         let ids = |p: &mut Pastry| -> Vec<(PeerAddr, u64)> {
             decoded(p)
                 .into_iter()

@@ -21,8 +21,9 @@ use crate::time::{Duration, Time};
 use crate::util::{Set, new_set};
 
 /// Longer than any copy can trail the first: a hop gives up after
-/// `max_reroutes` ack timeouts of at most `ack_timeout` each (7 s with the
-/// defaults), and a copy is at most a few such delays behind.
+/// `max_reroutes` reroutes and at most 3 resends to the root, each after
+/// an ack timeout of at most `ack_timeout` (10 s with the defaults), and a
+/// copy is at most a few such delays behind.
 pub const WINDOW: Duration = Duration::from_secs(30);
 
 /// Entries kept at most: 4096 × ~26 bytes of set and queue.
